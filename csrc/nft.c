@@ -1,0 +1,83 @@
+/* nftables through libnftables: one context per namespace, created inside it so its netlink
+ * socket belongs there; each command text is one transaction. libnftables keeps global state
+ * (interface cache, symbol tables), so calls from different labs are serialized. */
+#define _GNU_SOURCE
+#include "patchbay.h"
+
+#include <errno.h>
+#include <nftables/libnftables.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pb_nft {
+	struct nft_ctx *ctx;
+};
+
+static pthread_mutex_t nft_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct pb_nft *pb_nft_new(int ns_fd, int home_fd)
+{
+	struct pb_nft *n = calloc(1, sizeof(*n));
+	if (!n)
+		return NULL;
+	pthread_mutex_lock(&nft_lock);
+	if (setns(ns_fd, CLONE_NEWNET) == 0) {
+		n->ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+		if (setns(home_fd, CLONE_NEWNET) && n->ctx) {
+			nft_ctx_free(n->ctx);
+			n->ctx = NULL;
+		}
+	}
+	pthread_mutex_unlock(&nft_lock);
+	if (!n->ctx) {
+		free(n);
+		return NULL;
+	}
+	nft_ctx_buffer_output(n->ctx);
+	nft_ctx_buffer_error(n->ctx);
+	return n;
+}
+
+void pb_nft_free(struct pb_nft *n)
+{
+	if (!n)
+		return;
+	pthread_mutex_lock(&nft_lock);
+	nft_ctx_free(n->ctx);
+	pthread_mutex_unlock(&nft_lock);
+	free(n);
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s && *s ? strdup(s) : NULL;
+}
+
+int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int json,
+	       char **out, char **errmsg)
+{
+	int ret;
+	*out = NULL;
+	*errmsg = NULL;
+	pthread_mutex_lock(&nft_lock);
+	/* Commands resolve interface names through a netlink dump of the calling thread's
+	 * namespace, so run them from inside. */
+	if (setns(ns_fd, CLONE_NEWNET)) {
+		ret = -errno;
+		pthread_mutex_unlock(&nft_lock);
+		return ret;
+	}
+	unsigned int flags = nft_ctx_output_get_flags(n->ctx);
+	if (json)
+		nft_ctx_output_set_flags(n->ctx, flags | NFT_CTX_OUTPUT_JSON);
+	ret = nft_run_cmd_from_buffer(n->ctx, cmd) ? -EINVAL : 0;
+	nft_ctx_output_set_flags(n->ctx, flags);
+	*out = dup_or_null(nft_ctx_get_output_buffer(n->ctx));
+	*errmsg = dup_or_null(nft_ctx_get_error_buffer(n->ctx));
+	if (setns(home_fd, CLONE_NEWNET))
+		ret = -EIO;
+	pthread_mutex_unlock(&nft_lock);
+	return ret;
+}

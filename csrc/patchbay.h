@@ -1,0 +1,86 @@
+/* patchbay C core: the only code that talks to the kernel.
+ *
+ * This header is read twice: by the C compiler, and by cffi (csrc/build_native.py), which
+ * drops every line starting with '#'. Keep the declarations plain C that cffi can parse.
+ *
+ * Conventions: functions return 0 or a negative errno; where a message helps, they fill
+ * `err` (a caller buffer of `errlen` bytes) with text naming what failed. Functions that
+ * must run inside a namespace take the namespace fd and the fd of the namespace to return
+ * to (`home_fd`), enter, work, and always go back home before returning.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- namespaces (netns.c) ---- */
+int pb_setns(int fd, int nstype);
+int pb_open_thread_netns(void);
+/* Create a network namespace on the calling thread and configure it from the inside:
+ * `sysctls` is "path=value\n..." with paths relative to /proc/sys. Returns the namespace fd
+ * and an rtnetlink socket bound inside it. */
+int pb_netns_new(int home_fd, const char *sysctls, int *ns_fd_out, int *rtnl_fd_out,
+                 char *err, size_t errlen);
+int pb_sysctl_write(int ns_fd, int home_fd, const char *sysctls, char *err, size_t errlen);
+int pb_sysctl_read(int ns_fd, int home_fd, const char *path, char *out, size_t outlen);
+int pb_rtnl_socket_in(int ns_fd, int home_fd);
+
+/* ---- rtnetlink batches (rtnl.c) ---- */
+struct pb_batch;
+struct pb_batch *pb_batch_new(void);
+void pb_batch_free(struct pb_batch *b);
+void pb_batch_reset(struct pb_batch *b);
+int pb_batch_count(struct pb_batch *b);
+/* A veth pair: the first end named `name` lives where `ns_fd` says (-1: the socket's own
+ * namespace) and may be enslaved to `master` there; the peer is created directly in
+ * `peer_ns_fd`. Index 0 lets the kernel pick; mtu 0 keeps the default. peer_up must be 0:
+ * the kernel configures the peer before the pair is linked, and opening it then fails. */
+int pb_batch_veth(struct pb_batch *b, const char *name, int ifindex, int ns_fd, int master,
+                  int mtu, int up, const char *peer_name, int peer_ifindex, int peer_ns_fd,
+                  int peer_mtu, int peer_up);
+/* A bridge; vlan_filtering makes it a VLAN-aware switch whose new ports join no VLAN. */
+/* A macvlan (bridge mode) on `lower` (an interface of the sending namespace), created directly
+ * in `ns_fd`. Macvlans on one lower form one L2 segment with it. mac may be NULL (random). */
+int pb_batch_macvlan(struct pb_batch *b, const char *name, int ifindex, int ns_fd, int lower,
+                     int mtu, const uint8_t *mac);
+int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, int up,
+                    int vlan_filtering);
+/* Add (add=1) or remove a port's access VLAN (untagged, PVID). self=1 targets the bridge
+ * device itself (its own IP interface) instead of a port. */
+int pb_batch_bridge_vlan(struct pb_batch *b, int ifindex, int vid, int add, int self);
+/* up/down: 1 up, 0 down, -1 unchanged; mtu 0 unchanged; master -1 unchanged, 0 release. */
+int pb_batch_link_set(struct pb_batch *b, int ifindex, int up, int mtu, int master);
+int pb_batch_link_del(struct pb_batch *b, int ifindex);
+/* add: 1 add (fails if present), 0 delete. addr is 4 or 16 bytes by family. */
+int pb_batch_addr(struct pb_batch *b, int add, int family, int ifindex, const uint8_t *addr,
+                  int prefixlen, int nodad);
+/* op: 1 add, 2 replace, 0 delete. dst may be NULL with dst_len 0 (default route);
+ * gw may be NULL; oif 0 = none; metric 0 = none. */
+int pb_batch_route(struct pb_batch *b, int op, int family, const uint8_t *dst, int dst_len,
+                   const uint8_t *gw, int oif, int metric);
+/* Send every message, read every ack. On failure returns the negative errno of the first
+ * failed message and sets *failed_index to its position and `extack` to the kernel's text. */
+int pb_batch_send(struct pb_batch *b, int fd, int *failed_index, char *extack,
+                  size_t extack_len);
+
+/* Dump (RTM_GETLINK / RTM_GETADDR / RTM_GETROUTE): all answer messages, concatenated,
+ * in a malloc'd buffer the caller frees with pb_free. */
+int pb_rtnl_dump(int fd, int msg_type, int family, uint8_t **out, size_t *out_len);
+void pb_free(void *p);
+
+/* ---- nftables through libnftables (nft.c) ---- */
+struct pb_nft;
+struct pb_nft *pb_nft_new(int ns_fd, int home_fd);
+void pb_nft_free(struct pb_nft *n);
+/* Run nft command text as one transaction inside ns_fd. *out and *errmsg are malloc'd copies
+ * of nft's output and error text (either may be NULL); free them with pb_free. */
+int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int json,
+               char **out, char **errmsg);
+
+/* ---- processes (proc.c) ---- */
+/* On the calling thread: unshare a PID namespace and fork its init, a reaper that exits
+ * (taking every process of the namespace with it) when `lifeline_fd`'s write end closes or
+ * when this thread dies. Later forks from this thread land in the new namespace. */
+int pb_pidns_start(int lifeline_read_fd, int *init_pid_out);
+int pb_set_pdeathsig(int sig);
+
+/* ---- user namespaces (userns.c) ---- */
+int pb_userns_enter(unsigned int outer_uid, unsigned int outer_gid, char *err, size_t errlen);

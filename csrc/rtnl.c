@@ -1,0 +1,456 @@
+/* rtnetlink over libmnl: build many requests into one buffer, send them with as few
+ * sendmsg(2) calls as possible, then read every ack and report the first failure by its
+ * position in the batch, with the kernel's extended-ack text. */
+#define _GNU_SOURCE
+#include "patchbay.h"
+
+#include <errno.h>
+#include <libmnl/libmnl.h>
+#include <linux/if.h>
+#include <linux/if_bridge.h>
+#include <linux/if_link.h>
+#include <linux/neighbour.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Room for the largest single message we build (a veth pair is ~200 bytes). */
+#define PB_MSG_MAX 1024
+/* Messages per sendmsg: keeps the acks of one round well inside the receive buffer. */
+#define PB_ROUND 64
+
+struct pb_batch {
+	char *buf;
+	size_t len, cap;
+	int count;
+	/* Offsets of each message, to send in rounds of PB_ROUND. */
+	size_t *offs;
+	int offs_cap;
+};
+
+struct pb_batch *pb_batch_new(void)
+{
+	return calloc(1, sizeof(struct pb_batch));
+}
+
+void pb_batch_free(struct pb_batch *b)
+{
+	if (!b)
+		return;
+	free(b->buf);
+	free(b->offs);
+	free(b);
+}
+
+void pb_batch_reset(struct pb_batch *b)
+{
+	b->len = 0;
+	b->count = 0;
+}
+
+int pb_batch_count(struct pb_batch *b)
+{
+	return b->count;
+}
+
+void pb_free(void *p)
+{
+	free(p);
+}
+
+/* Start a message: make room, put the header, number it by its position. */
+static struct nlmsghdr *msg_start(struct pb_batch *b, int type, int flags)
+{
+	if (b->len + PB_MSG_MAX > b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 16384;
+		char *nb = realloc(b->buf, cap);
+		if (!nb)
+			return NULL;
+		b->buf = nb;
+		b->cap = cap;
+	}
+	if (b->count + 1 > b->offs_cap) {
+		int cap = b->offs_cap ? b->offs_cap * 2 : 64;
+		size_t *no = realloc(b->offs, (size_t)cap * sizeof(size_t));
+		if (!no)
+			return NULL;
+		b->offs = no;
+		b->offs_cap = cap;
+	}
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(b->buf + b->len);
+	nlh->nlmsg_type = (uint16_t)type;
+	nlh->nlmsg_flags = (uint16_t)(NLM_F_REQUEST | NLM_F_ACK | flags);
+	nlh->nlmsg_seq = (uint32_t)b->count;
+	return nlh;
+}
+
+static int msg_end(struct pb_batch *b, struct nlmsghdr *nlh)
+{
+	b->offs[b->count] = b->len;
+	b->len += nlh->nlmsg_len;
+	return b->count++;
+}
+
+static void put_ifinfo(struct nlmsghdr *nlh, int ifindex, int up)
+{
+	struct ifinfomsg *ifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifm));
+	ifm->ifi_family = AF_UNSPEC;
+	ifm->ifi_index = ifindex;
+	if (up >= 0) {
+		ifm->ifi_change = IFF_UP;
+		ifm->ifi_flags = up ? IFF_UP : 0;
+	}
+}
+
+int pb_batch_veth(struct pb_batch *b, const char *name, int ifindex, int ns_fd, int master,
+		  int mtu, int up, const char *peer_name, int peer_ifindex, int peer_ns_fd,
+		  int peer_mtu, int peer_up)
+{
+	struct nlmsghdr *nlh = msg_start(b, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+	if (!nlh)
+		return -ENOMEM;
+	put_ifinfo(nlh, ifindex, up ? 1 : 0);
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+	if (ns_fd >= 0)
+		mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, (uint32_t)ns_fd);
+	if (mtu > 0)
+		mnl_attr_put_u32(nlh, IFLA_MTU, (uint32_t)mtu);
+	if (master > 0)
+		mnl_attr_put_u32(nlh, IFLA_MASTER, (uint32_t)master);
+	/* One queue each way: veth defaults to one per CPU, and every queue costs sysfs objects
+	 * at creation and deletion. A lab link never needs more. */
+	mnl_attr_put_u32(nlh, IFLA_NUM_TX_QUEUES, 1);
+	mnl_attr_put_u32(nlh, IFLA_NUM_RX_QUEUES, 1);
+	struct nlattr *linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+	mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "veth");
+	struct nlattr *data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
+	struct nlattr *peer = mnl_attr_nest_start(nlh, VETH_INFO_PEER);
+	/* The peer nest starts with its own ifinfomsg, then its attributes. */
+	struct ifinfomsg *pifm = mnl_nlmsg_get_payload_tail(nlh);
+	memset(pifm, 0, sizeof(*pifm));
+	pifm->ifi_family = AF_UNSPEC;
+	pifm->ifi_index = peer_ifindex;
+	pifm->ifi_change = IFF_UP;
+	pifm->ifi_flags = peer_up ? IFF_UP : 0;
+	nlh->nlmsg_len += MNL_ALIGN(sizeof(*pifm));
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, peer_name);
+	if (peer_ns_fd >= 0)
+		mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, (uint32_t)peer_ns_fd);
+	if (peer_mtu > 0)
+		mnl_attr_put_u32(nlh, IFLA_MTU, (uint32_t)peer_mtu);
+	mnl_attr_put_u32(nlh, IFLA_NUM_TX_QUEUES, 1);
+	mnl_attr_put_u32(nlh, IFLA_NUM_RX_QUEUES, 1);
+	mnl_attr_nest_end(nlh, peer);
+	mnl_attr_nest_end(nlh, data);
+	mnl_attr_nest_end(nlh, linkinfo);
+	return msg_end(b, nlh);
+}
+
+int pb_batch_macvlan(struct pb_batch *b, const char *name, int ifindex, int ns_fd, int lower,
+		     int mtu, const uint8_t *mac)
+{
+	struct nlmsghdr *nlh = msg_start(b, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+	if (!nlh)
+		return -ENOMEM;
+	/* Not up here: bring it up from inside its namespace, like a veth peer. */
+	put_ifinfo(nlh, ifindex, -1);
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+	mnl_attr_put_u32(nlh, IFLA_LINK, (uint32_t)lower);
+	if (ns_fd >= 0)
+		mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, (uint32_t)ns_fd);
+	if (mtu > 0)
+		mnl_attr_put_u32(nlh, IFLA_MTU, (uint32_t)mtu);
+	if (mac)
+		mnl_attr_put(nlh, IFLA_ADDRESS, 6, mac);
+	struct nlattr *linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+	mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "macvlan");
+	struct nlattr *data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
+	mnl_attr_put_u32(nlh, IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE);
+	mnl_attr_nest_end(nlh, data);
+	mnl_attr_nest_end(nlh, linkinfo);
+	return msg_end(b, nlh);
+}
+
+int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, int up,
+		    int vlan_filtering)
+{
+	struct nlmsghdr *nlh = msg_start(b, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+	if (!nlh)
+		return -ENOMEM;
+	put_ifinfo(nlh, ifindex, up ? 1 : 0);
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+	if (mtu > 0)
+		mnl_attr_put_u32(nlh, IFLA_MTU, (uint32_t)mtu);
+	struct nlattr *linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+	mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "bridge");
+	struct nlattr *data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
+	/* Ports forward at once (no STP listening/learning delay). */
+	mnl_attr_put_u32(nlh, IFLA_BR_FORWARD_DELAY, 0);
+	mnl_attr_put_u32(nlh, IFLA_BR_STP_STATE, 0);
+	/* Flood multicast like a plain switch: LAN discovery (mDNS, SSDP) must just work. */
+	mnl_attr_put_u8(nlh, IFLA_BR_MCAST_SNOOPING, 0);
+	if (vlan_filtering) {
+		mnl_attr_put_u8(nlh, IFLA_BR_VLAN_FILTERING, 1);
+		mnl_attr_put_u16(nlh, IFLA_BR_VLAN_DEFAULT_PVID, 0);
+	}
+	mnl_attr_nest_end(nlh, data);
+	mnl_attr_nest_end(nlh, linkinfo);
+	return msg_end(b, nlh);
+}
+
+int pb_batch_bridge_vlan(struct pb_batch *b, int ifindex, int vid, int add, int self)
+{
+	struct nlmsghdr *nlh = msg_start(b, add ? RTM_SETLINK : RTM_DELLINK, 0);
+	if (!nlh)
+		return -ENOMEM;
+	struct ifinfomsg *ifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifm));
+	ifm->ifi_family = AF_BRIDGE;
+	ifm->ifi_index = ifindex;
+	struct nlattr *spec = mnl_attr_nest_start(nlh, IFLA_AF_SPEC);
+	mnl_attr_put_u16(nlh, IFLA_BRIDGE_FLAGS, self ? BRIDGE_FLAGS_SELF : BRIDGE_FLAGS_MASTER);
+	struct bridge_vlan_info vinfo = {
+		.flags = BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED,
+		.vid = (uint16_t)vid,
+	};
+	mnl_attr_put(nlh, IFLA_BRIDGE_VLAN_INFO, sizeof(vinfo), &vinfo);
+	mnl_attr_nest_end(nlh, spec);
+	return msg_end(b, nlh);
+}
+
+int pb_batch_link_set(struct pb_batch *b, int ifindex, int up, int mtu, int master)
+{
+	struct nlmsghdr *nlh = msg_start(b, RTM_NEWLINK, 0);
+	if (!nlh)
+		return -ENOMEM;
+	put_ifinfo(nlh, ifindex, up);
+	if (mtu > 0)
+		mnl_attr_put_u32(nlh, IFLA_MTU, (uint32_t)mtu);
+	if (master >= 0)
+		mnl_attr_put_u32(nlh, IFLA_MASTER, (uint32_t)master);
+	return msg_end(b, nlh);
+}
+
+int pb_batch_link_del(struct pb_batch *b, int ifindex)
+{
+	struct nlmsghdr *nlh = msg_start(b, RTM_DELLINK, 0);
+	if (!nlh)
+		return -ENOMEM;
+	put_ifinfo(nlh, ifindex, -1);
+	return msg_end(b, nlh);
+}
+
+static int addr_len(int family)
+{
+	return family == AF_INET ? 4 : family == AF_INET6 ? 16 : -1;
+}
+
+int pb_batch_addr(struct pb_batch *b, int add, int family, int ifindex, const uint8_t *addr,
+		  int prefixlen, int nodad)
+{
+	int alen = addr_len(family);
+	if (alen < 0)
+		return -EAFNOSUPPORT;
+	struct nlmsghdr *nlh = msg_start(b, add ? RTM_NEWADDR : RTM_DELADDR,
+					 add ? NLM_F_CREATE | NLM_F_EXCL : 0);
+	if (!nlh)
+		return -ENOMEM;
+	struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifa));
+	ifa->ifa_family = (uint8_t)family;
+	ifa->ifa_prefixlen = (uint8_t)prefixlen;
+	ifa->ifa_index = (uint32_t)ifindex;
+	ifa->ifa_flags = nodad ? IFA_F_NODAD : 0;
+	mnl_attr_put(nlh, IFA_LOCAL, (size_t)alen, addr);
+	mnl_attr_put(nlh, IFA_ADDRESS, (size_t)alen, addr);
+	return msg_end(b, nlh);
+}
+
+int pb_batch_route(struct pb_batch *b, int op, int family, const uint8_t *dst, int dst_len,
+		   const uint8_t *gw, int oif, int metric)
+{
+	int alen = addr_len(family);
+	if (alen < 0)
+		return -EAFNOSUPPORT;
+	int type = op ? RTM_NEWROUTE : RTM_DELROUTE;
+	int flags = op == 1 ? NLM_F_CREATE | NLM_F_EXCL : op == 2 ? NLM_F_CREATE | NLM_F_REPLACE : 0;
+	struct nlmsghdr *nlh = msg_start(b, type, flags);
+	if (!nlh)
+		return -ENOMEM;
+	struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+	rtm->rtm_family = (uint8_t)family;
+	rtm->rtm_dst_len = (uint8_t)dst_len;
+	rtm->rtm_table = RT_TABLE_MAIN;
+	rtm->rtm_protocol = RTPROT_STATIC;
+	rtm->rtm_type = RTN_UNICAST;
+	/* A route with no gateway reaches its destination directly on the link. */
+	rtm->rtm_scope = op && !gw ? RT_SCOPE_LINK : op ? RT_SCOPE_UNIVERSE : RT_SCOPE_NOWHERE;
+	if (dst && dst_len > 0)
+		mnl_attr_put(nlh, RTA_DST, (size_t)alen, dst);
+	if (gw)
+		mnl_attr_put(nlh, RTA_GATEWAY, (size_t)alen, gw);
+	if (oif > 0)
+		mnl_attr_put_u32(nlh, RTA_OIF, (uint32_t)oif);
+	if (metric > 0)
+		mnl_attr_put_u32(nlh, RTA_PRIORITY, (uint32_t)metric);
+	return msg_end(b, nlh);
+}
+
+/* Pull the kernel's extended-ack message (NLMSGERR_ATTR_MSG) out of an error answer. */
+static void extack_text(const struct nlmsghdr *nlh, char *out, size_t outlen)
+{
+	if (!out || !outlen)
+		return;
+	out[0] = 0;
+	if (!(nlh->nlmsg_flags & NLM_F_ACK_TLVS))
+		return;
+	const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
+	size_t off = sizeof(*e);
+	/* Without NLM_F_CAPPED the kernel echoed the whole request before the TLVs. */
+	if (!(nlh->nlmsg_flags & NLM_F_CAPPED))
+		off += e->msg.nlmsg_len - sizeof(struct nlmsghdr);
+	const char *tlv = (const char *)e + off;
+	const char *end = (const char *)nlh + nlh->nlmsg_len;
+	while (tlv + sizeof(struct nlattr) <= end) {
+		const struct nlattr *a = (const struct nlattr *)tlv;
+		if (a->nla_len < sizeof(*a) || tlv + a->nla_len > end)
+			break;
+		if ((a->nla_type & NLA_TYPE_MASK) == NLMSGERR_ATTR_MSG) {
+			size_t n = a->nla_len - sizeof(*a);
+			if (n >= outlen)
+				n = outlen - 1;
+			memcpy(out, tlv + sizeof(*a), n);
+			out[n] = 0;
+			return;
+		}
+		tlv += MNL_ALIGN(a->nla_len);
+	}
+}
+
+/* Read acks until every message in [first, last) answered. */
+static int collect_acks(int fd, int first, int last, int *failed_index, char *extack,
+			size_t extack_len, int *first_err)
+{
+	static __thread char rbuf[65536];
+	int answered = 0, want = last - first;
+	while (answered < want) {
+		ssize_t n = recv(fd, rbuf, sizeof(rbuf), 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		const struct nlmsghdr *nlh = (const struct nlmsghdr *)rbuf;
+		int len = (int)n;
+		while (mnl_nlmsg_ok(nlh, len)) {
+			if (nlh->nlmsg_type == NLMSG_ERROR) {
+				const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
+				int seq = (int)nlh->nlmsg_seq;
+				if (seq >= first && seq < last) {
+					answered++;
+					if (e->error && !*first_err) {
+						*first_err = e->error;
+						*failed_index = seq;
+						extack_text(nlh, extack, extack_len);
+					}
+				}
+			}
+			nlh = mnl_nlmsg_next(nlh, &len);
+		}
+	}
+	return 0;
+}
+
+int pb_batch_send(struct pb_batch *b, int fd, int *failed_index, char *extack,
+		  size_t extack_len)
+{
+	int first_err = 0;
+	*failed_index = -1;
+	if (extack && extack_len)
+		extack[0] = 0;
+	for (int first = 0; first < b->count; first += PB_ROUND) {
+		int last = first + PB_ROUND < b->count ? first + PB_ROUND : b->count;
+		size_t start = b->offs[first];
+		size_t end = last < b->count ? b->offs[last] : b->len;
+		struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+		ssize_t sent;
+		do
+			sent = sendto(fd, b->buf + start, end - start, 0, (struct sockaddr *)&sa,
+				      sizeof(sa));
+		while (sent < 0 && errno == EINTR);
+		if (sent < 0) {
+			*failed_index = first;
+			return -errno;
+		}
+		int r = collect_acks(fd, first, last, failed_index, extack, extack_len, &first_err);
+		if (r)
+			return r;
+		/* Later messages usually depend on earlier ones: stop at the first failure. */
+		if (first_err)
+			break;
+	}
+	return first_err;
+}
+
+int pb_rtnl_dump(int fd, int msg_type, int family, uint8_t **out, size_t *out_len)
+{
+	char req[64];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(req);
+	nlh->nlmsg_type = (uint16_t)msg_type;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	uint32_t seq = (uint32_t)time(NULL) ^ 0x5eed;
+	nlh->nlmsg_seq = seq;
+	struct rtgenmsg *g = mnl_nlmsg_put_extra_header(nlh, sizeof(struct ifinfomsg));
+	g->rtgen_family = (uint8_t)family;
+	struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+	if (sendto(fd, req, nlh->nlmsg_len, 0, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return -errno;
+
+	size_t cap = 65536, len = 0;
+	uint8_t *acc = malloc(cap);
+	static __thread char rbuf[65536];
+	if (!acc)
+		return -ENOMEM;
+	for (;;) {
+		ssize_t n = recv(fd, rbuf, sizeof(rbuf), 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			free(acc);
+			return -errno;
+		}
+		const struct nlmsghdr *m = (const struct nlmsghdr *)rbuf;
+		int left = (int)n;
+		while (mnl_nlmsg_ok(m, left)) {
+			if (m->nlmsg_seq != seq) {
+				/* A stale answer from an earlier request: skip it. */
+			} else if (m->nlmsg_type == NLMSG_DONE) {
+				*out = acc;
+				*out_len = len;
+				return 0;
+			} else if (m->nlmsg_type == NLMSG_ERROR) {
+				const struct nlmsgerr *e = mnl_nlmsg_get_payload(m);
+				free(acc);
+				return e->error ? e->error : -EIO;
+			} else {
+				if (len + m->nlmsg_len > cap) {
+					while (len + m->nlmsg_len > cap)
+						cap *= 2;
+					uint8_t *na = realloc(acc, cap);
+					if (!na) {
+						free(acc);
+						return -ENOMEM;
+					}
+					acc = na;
+				}
+				memcpy(acc + len, m, m->nlmsg_len);
+				len += MNL_ALIGN(m->nlmsg_len);
+			}
+			m = mnl_nlmsg_next(m, &left);
+		}
+	}
+}

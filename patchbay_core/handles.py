@@ -1,0 +1,220 @@
+"""Handles users hold: Device, Router, Ix. Cheap to copy; they point at the lab's records.
+
+Every execution method runs inside the node's own network namespace. Once the node is gone
+(removed, or its lab closed), methods raise NodeGone and address properties return None.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import NodeGone, TopologyError
+from .futures import wait_future
+from .ping import PingResult, ping
+from .processes import NodeProcess
+from .reflector import Reflector, start_reflector
+from .topology import DeviceState, IxState, NodeState, RouterState
+
+if TYPE_CHECKING:
+    from .lab import Lab
+
+T = TypeVar("T")
+
+
+class NodeHandle:
+    """What every node can do: run code and commands inside its namespace."""
+
+    __slots__ = ("_lab", "_state")
+
+    def __init__(self, lab: Lab, state: NodeState) -> None:
+        self._lab = lab
+        self._state = state
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NodeHandle) and other._state is self._state
+
+    def __hash__(self) -> int:
+        return id(self._state)
+
+    def __repr__(self) -> str:
+        gone = "" if self._state.alive else " (gone)"
+        return f"<{type(self).__name__} {self._state.name!r}{gone}>"
+
+    @property
+    def name(self) -> str:
+        return self._state.name
+
+    @property
+    def id(self) -> int:
+        return self._state.id
+
+    @property
+    def ns_fd(self) -> int:
+        """The network namespace's file descriptor, for users who want setns(2) themselves."""
+        return self._alive().ns.fd  # type: ignore[union-attr]
+
+    def _alive(self) -> NodeState:
+        if not self._state.alive:
+            raise NodeGone(self._state.label)
+        return self._state
+
+    async def spawn(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(handle, *args)` on the node's event loop; return its result or raise its error."""
+        runtime = self._lab._runtime(self._alive())
+        return await wait_future(runtime.submit_coro(fn(self, *args)))
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the node's sync worker and wait for it (keep it short)."""
+        return self._lab._runtime(self._alive()).run_sync(fn, *args)
+
+    def spawn_thread(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        """Run `fn(*args)` on a new OS thread inside the namespace."""
+        return self._lab._runtime(self._alive()).spawn_thread(fn, *args)
+
+    async def spawn_command(self, argv: Sequence[str], **popen_kw: Any) -> NodeProcess:
+        """Start a command inside the node; returns an `anyio.abc.Process`."""
+        fut = self._lab._spawn_command(self._alive(), argv, popen_kw)
+        return NodeProcess(await wait_future(fut))
+
+    def spawn_command_sync(self, argv: Sequence[str], **popen_kw: Any) -> subprocess.Popen[Any]:
+        """Start a command inside the node; returns a `subprocess.Popen`."""
+        return self._lab._spawn_command(self._alive(), argv, popen_kw).result()
+
+    async def spawn_reflector(self, bind: tuple[str | IPv4Address | IPv6Address, int]) -> Reflector:
+        """Start a UDP echo server bound to `bind` = (host, port)."""
+        host, port = bind
+        return await self.spawn(lambda _h: start_reflector((str(host), port)))
+
+    async def ping(self, dst: str | IPv4Address | IPv6Address, count: int = 1, timeout: float = 2.0) -> PingResult:
+        """ICMP echo to `dst` from inside the node (no `ping` binary needed)."""
+        return await self.spawn(lambda _h: ping(dst, count, timeout))
+
+
+@dataclass(frozen=True)
+class DeviceIface:
+    """A snapshot of one device interface."""
+
+    name: str
+    ip: IPv4Address | None
+    ip6: IPv6Address | None
+    ll6: IPv6Address | None
+    router: Router
+    prefixlen: int
+    gateway: IPv4Address | None
+
+
+@dataclass(frozen=True)
+class RouterIface:
+    """A snapshot of one router interface ("ix"/"wan" uplink, "lan" downstream)."""
+
+    name: str
+    ip: IPv4Address | None
+    ip6: IPv6Address | None
+    ll6: IPv6Address | None
+    prefixlen: int
+
+
+class Device(NodeHandle):
+    __slots__ = ()
+    _state: DeviceState
+
+    @property
+    def ip(self) -> IPv4Address | None:
+        """IPv4 address of the default interface."""
+        if not self._state.alive or self._state.default_iface is None:
+            return None
+        return self._state.ifaces[self._state.default_iface].ip
+
+    @property
+    def ip6(self) -> IPv6Address | None:
+        return None  # IPv6 addressing arrives with the IPv6 work; v4 only for now.
+
+    def default_iface(self) -> DeviceIface:
+        state = self._alive()
+        assert isinstance(state, DeviceState)
+        if state.default_iface is None:
+            raise TopologyError("has no interfaces", node=state.name)
+        return self.iface(state.default_iface)
+
+    def iface(self, name: str) -> DeviceIface:
+        state = self._alive()
+        assert isinstance(state, DeviceState)
+        if name not in state.ifaces:
+            known = ", ".join(state.ifaces) or "none"
+            raise TopologyError(f"no interface {name!r} (has: {known})", node=state.name)
+        i = state.ifaces[name]
+        return DeviceIface(
+            name=i.name, ip=i.ip, ip6=None, ll6=None, router=Router(self._lab, i.router),
+            prefixlen=i.attachment.subnet.prefixlen, gateway=i.attachment.gateway,
+        )
+
+    def ifaces(self) -> list[DeviceIface]:
+        return [self.iface(name) for name in self._alive().ifaces]  # type: ignore[attr-defined]
+
+
+class Router(NodeHandle):
+    __slots__ = ()
+    _state: RouterState
+
+    @property
+    def uplink_ip(self) -> IPv4Address | None:
+        """The router's WAN address (on the IX, or in its upstream router's pool)."""
+        if not self._state.alive or self._state.uplink is None:
+            return None
+        return self._state.uplink.ip
+
+    @property
+    def uplink_ip6(self) -> IPv6Address | None:
+        return None
+
+    @property
+    def downstream_cidr(self) -> IPv4Network | None:
+        pool = self._state.pool
+        return pool.cidr if pool and self._state.alive else None
+
+    @property
+    def gateway_ip(self) -> IPv4Address | None:
+        """The router's address on its downstream network."""
+        pool = self._state.pool
+        return pool.gateway if pool and self._state.alive else None
+
+    def iface(self, name: str) -> RouterIface:
+        for iface in self.interfaces():
+            if iface.name == name:
+                return iface
+        known = ", ".join(i.name for i in self.interfaces())
+        raise TopologyError(f"no interface {name!r} (has: {known})", node=self._state.name)
+
+    def interfaces(self) -> list[RouterIface]:
+        state = self._alive()
+        assert isinstance(state, RouterState)
+        out = []
+        if state.uplink is not None:
+            out.append(RouterIface(state.uplink.iface, state.uplink.ip, None, None, state.uplink.subnet.prefixlen))
+        if state.lan is not None:
+            out.append(RouterIface(state.lan.iface, state.lan.pool.gateway, None, None, state.lan.pool.prefixlen))
+        return out
+
+
+class Ix(NodeHandle):
+    """The lab's internet exchange: the namespace every top-level router plugs into."""
+
+    __slots__ = ()
+    _state: IxState
+
+    @property
+    def gateway_ip(self) -> IPv4Address:
+        from .netplan import IX_GATEWAY
+
+        return IX_GATEWAY
+
+    @property
+    def cidr(self) -> IPv4Network:
+        from .netplan import IX_CIDR
+
+        return IX_CIDR

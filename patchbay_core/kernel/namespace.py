@@ -1,0 +1,75 @@
+"""A network namespace held by file descriptor, with its rtnetlink socket and nft context."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from ..netops import NetOp
+from . import native, rtnl
+
+# Interface indexes we hand out ourselves, so one batch can create a link and configure it.
+# Start well above what a fresh namespace may already hold (lo, fallback tunnel devices).
+FIRST_IFINDEX = 16
+
+
+class NetNs:
+    """One network namespace. Closing it drops our references; the kernel removes the
+    namespace (and every link, route and rule in it) when the last reference goes."""
+
+    __slots__ = ("_next_ifindex", "_nft", "fd", "inode", "node", "rtnl_fd")
+
+    def __init__(self, node: str, fd: int, rtnl_fd: int) -> None:
+        self.node = node
+        self.fd = fd
+        self.rtnl_fd = rtnl_fd
+        self.inode = os.fstat(fd).st_ino
+        self._nft: native.NftContext | None = None
+        self._next_ifindex = FIRST_IFINDEX
+
+    @classmethod
+    def create(cls, node: str, sysctls: Mapping[str, str]) -> NetNs:
+        """Make a namespace on the calling thread, configured from inside with `sysctls`."""
+        fd, rtnl_fd = native.netns_new(sysctls, node)
+        return cls(node, fd, rtnl_fd)
+
+    def alloc_ifindex(self) -> int:
+        index = self._next_ifindex
+        self._next_ifindex += 1
+        return index
+
+    def apply(self, ops: Sequence[NetOp]) -> None:
+        rtnl.send_batch(self.rtnl_fd, ops, self.node)
+
+    def write_sysctls(self, values: Mapping[str, str]) -> None:
+        native.sysctl_write(self.fd, values, self.node)
+
+    def read_sysctl(self, key: str) -> str:
+        return native.sysctl_read(self.fd, key, self.node)
+
+    def nft(self, command: str, *, json: bool = False) -> str:
+        if self._nft is None:
+            self._nft = native.NftContext(self.fd, self.node)
+        return self._nft.run(self.fd, command, json=json)
+
+    def links(self) -> list[rtnl.LinkInfo]:
+        return rtnl.dump_links(self.rtnl_fd, self.node)
+
+    def addrs(self) -> list[rtnl.AddrInfo]:
+        return rtnl.dump_addrs(self.rtnl_fd, self.node)
+
+    def routes(self) -> list[rtnl.RouteInfo]:
+        return rtnl.dump_routes(self.rtnl_fd, self.node)
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def close(self) -> None:
+        if self._nft is not None:
+            self._nft.close()
+            self._nft = None
+        for fd in (self.rtnl_fd, self.fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.rtnl_fd = -1

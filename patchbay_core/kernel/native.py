@@ -1,0 +1,128 @@
+"""Calls into the compiled C core with Python errors and Python types."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+
+from .._native import ffi, lib  # type: ignore[import-not-found]
+from ..errors import NetlinkError, NftError
+
+__all__ = ["ffi", "home_netns_fd", "lib", "sysctl_text"]
+
+_ERRLEN = 512
+
+
+class _ThreadHome(threading.local):
+    fd: int = -1
+
+
+_home = _ThreadHome()
+
+
+def home_netns_fd() -> int:
+    """The network namespace the calling thread lives in, opened once per thread.
+
+    C functions that step into a lab namespace come back to this one.
+    """
+    if _home.fd < 0:
+        fd = lib.pb_open_thread_netns()
+        if fd < 0:
+            raise NetlinkError("open /proc/thread-self/ns/net", -fd)
+        _home.fd = fd
+    return _home.fd
+
+
+def close_home_netns_fd() -> None:
+    """Forget the calling thread's home fd (call before the thread ends)."""
+    if _home.fd >= 0:
+        os.close(_home.fd)
+        _home.fd = -1
+
+
+def sysctl_text(values: Mapping[str, str]) -> bytes:
+    """`{"net.ipv4.ip_forward": "1"}` -> b"net/ipv4/ip_forward=1\\n" for the C core."""
+    return "".join(f"{key.replace('.', '/')}={value}\n" for key, value in values.items()).encode()
+
+
+def errbuf() -> tuple[object, int]:
+    return ffi.new("char[]", _ERRLEN), _ERRLEN
+
+
+def text(buf: object) -> str:
+    return ffi.string(buf).decode(errors="replace")  # type: ignore[no-any-return]
+
+
+def netns_new(sysctls: Mapping[str, str], node: str) -> tuple[int, int]:
+    """Create a namespace configured with `sysctls`; returns (namespace fd, rtnetlink fd)."""
+    ns_fd = ffi.new("int *")
+    rtnl_fd = ffi.new("int *")
+    err, errlen = errbuf()
+    rc = lib.pb_netns_new(home_netns_fd(), sysctl_text(sysctls), ns_fd, rtnl_fd, err, errlen)
+    if rc:
+        raise NetlinkError("create network namespace", -rc, node=node, detail=text(err))
+    return ns_fd[0], rtnl_fd[0]
+
+
+def sysctl_write(ns_fd: int, values: Mapping[str, str], node: str) -> None:
+    err, errlen = errbuf()
+    rc = lib.pb_sysctl_write(ns_fd, home_netns_fd(), sysctl_text(values), err, errlen)
+    if rc:
+        raise NetlinkError("write sysctl", -rc, node=node, detail=text(err))
+
+
+def sysctl_read(ns_fd: int, key: str, node: str) -> str:
+    out = ffi.new("char[]", 4096)
+    rc = lib.pb_sysctl_read(ns_fd, home_netns_fd(), key.replace(".", "/").encode(), out, 4096)
+    if rc:
+        raise NetlinkError(f"read sysctl {key}", -rc, node=node)
+    return text(out).strip()
+
+
+def rtnl_dump(rtnl_fd: int, msg_type: int, family: int, node: str) -> bytes:
+    out = ffi.new("uint8_t **")
+    out_len = ffi.new("size_t *")
+    rc = lib.pb_rtnl_dump(rtnl_fd, msg_type, family, out, out_len)
+    if rc:
+        raise NetlinkError(f"rtnetlink dump (type {msg_type})", -rc, node=node)
+    try:
+        return bytes(ffi.buffer(out[0], out_len[0]))
+    finally:
+        lib.pb_free(out[0])
+
+
+class NftContext:
+    """A libnftables context living in one namespace."""
+
+    def __init__(self, ns_fd: int, node: str) -> None:
+        self._node = node
+        self._ctx = lib.pb_nft_new(ns_fd, home_netns_fd())
+        if self._ctx == ffi.NULL:
+            raise NftError("open libnftables context", 12, node=node)
+
+    def run(self, ns_fd: int, command: str, *, json: bool = False) -> str:
+        out = ffi.new("char **")
+        err = ffi.new("char **")
+        rc = lib.pb_nft_run(self._ctx, ns_fd, home_netns_fd(), command.encode(), int(json), out, err)
+        output = _take(out[0])
+        message = _take(err[0])
+        if rc:
+            first_line = command.strip().splitlines()[0] if command.strip() else "(empty)"
+            raise NftError(f"nft transaction starting {first_line!r}", -rc, node=self._node,
+                           detail=message.strip())
+        return output
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            lib.pb_nft_free(self._ctx)
+            self._ctx = None
+
+
+def _take(ptr: object) -> str:
+    if ptr == ffi.NULL:
+        return ""
+    try:
+        return ffi.string(ptr).decode(errors="replace")  # type: ignore[no-any-return]
+    finally:
+        lib.pb_free(ptr)

@@ -1,0 +1,648 @@
+"""The Lab: owns namespaces, threads and processes of one topology, and builds it.
+
+Building a node happens in two steps:
+1. plan (caller's thread, under the lab lock): check the request, pick addresses and
+   interface indexes, reserve the name. Mistakes raise TopologyError before anything exists.
+2. make (the lab's kernel thread): create the namespace, send one netlink batch per namespace
+   touched, apply nft rules. A failure undoes what this step made and releases the plan, so
+   nothing of a failed node remains.
+Closing ends node threads, kills the lab's processes (its PID namespace), closes every
+namespace fd and waits until the kernel has removed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import resource
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from ipaddress import IPv4Network, ip_network
+from typing import Any
+
+import anyio
+
+from . import netplan
+from .builders import DeviceBuilder, RouterBuilder
+from .errors import NetlinkError, PatchbayError, TopologyError
+from .execution import NodeRuntime
+from .firewall import Firewall, FirewallConfig
+from .handles import Device, Ix, Router
+from .kernel.namespace import NetNs
+from .kernel.worker import KernelWorker
+from .link import LinkCondition
+from .nat import Nat, NatConfig, NatV6Mode
+from .netplan import AddressPool, IxPort, Lan, LanPlug, PoolExhausted, Uplink
+from .opts import LabOpts
+from .outdir import LabOutput
+from .plugins import lookup_preset, plugin_manager
+from .processes import Spawner
+from .routers import IpSupport, Pool, RouterPreset, RouterSpec
+from .rules import RuleContext
+from .topology import DeviceIfaceState, DeviceState, IxState, NodeState, RouterConfig, RouterState
+from .userns import ping_group_range
+
+log = logging.getLogger(__name__)
+
+TEARDOWN_TIMEOUT_S = 10.0
+_lab_numbers = itertools.count(1)
+
+
+class Lab:
+    """A lab: `async with Lab(LabOpts(...)) as lab:` or `lab = await Lab.create(opts)`."""
+
+    def __init__(self, opts: LabOpts | None = None) -> None:
+        self.opts = opts or LabOpts()
+        self.label = self.opts.label or f"lab{next(_lab_numbers)}"
+        self._lock = threading.RLock()
+        self._state_lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._ids = itertools.count(1)
+        self._nodes: dict[str, NodeState] = {}
+        self._routers: dict[str, RouterState] = {}
+        self._devices: dict[str, DeviceState] = {}
+        self._pools = netplan.PoolCounters()
+        self._ix = IxState(kind="ix", name="ix", id=0, router_slots=netplan.ix_router_slots())
+        self._kernel: KernelWorker | None = None
+        self._spawner: Spawner | None = None
+        self._output: LabOutput | None = None
+        self._ping_range = ping_group_range()
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def create(cls, opts: LabOpts | None = None) -> Lab:
+        lab = cls(opts)
+        await lab.start()
+        return lab
+
+    async def __aenter__(self) -> Lab:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Make the IX namespace and the output directory."""
+        if self._started:
+            return
+        self._started = True
+        _raise_fd_limit()
+        self._kernel = KernelWorker(self.label)
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._kernel.run(self._make_ix)
+        except NetlinkError as exc:
+            self._kernel.stop()
+            self._closed = True
+            if exc.errno == errno.EPERM:
+                raise PatchbayError(
+                    "creating a network namespace was refused (EPERM): run as root, or call "
+                    "patchbay_core.init_userns() before any thread starts"
+                ) from exc
+            raise
+        outdir = self.opts.resolved_outdir()
+        if outdir is not None:
+            self._output = LabOutput(outdir, self.label)
+        self._event("lab_created", None, label=self.label)
+        self._write_state()
+
+    def _make_ix(self) -> None:
+        ns = NetNs.create("ix", netplan.ix_sysctls(self._ping_range))
+        try:
+            self._ix.bridge_ifindex = self._ix.alloc_ifindex()
+            ns.apply(netplan.ix_ops(self._ix.bridge_ifindex))
+        except BaseException:
+            ns.close()
+            raise
+        self._ix.ns = ns
+        self._ix.alive = True
+
+    async def close(self) -> None:
+        """End everything of the lab. Safe to call twice."""
+        with self._lock:
+            if self._closed or not self._started:
+                self._closed = True
+                return
+            self._closed = True
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close_sync)
+
+    def _close_sync(self) -> None:
+        with self._lock:
+            nodes = [*self._devices.values(), *self._routers.values(), self._ix]
+            for node in nodes:
+                node.alive = False
+        for node in nodes:
+            if node.runtime is not None:
+                node.runtime.close()
+        if self._spawner is not None:
+            self._spawner.close()
+        assert self._kernel is not None
+        try:
+            self._kernel.call(self._teardown, nodes)
+        finally:
+            self._kernel.stop()
+        self._event("lab_closed", None)
+        if self._output is not None:
+            self._output.close()
+
+    def _teardown(self, nodes: list[NodeState]) -> None:
+        """Close every namespace; wait until the kernel removed them: the IX holds nothing but
+        its bridge (router ports and LAN lowers go when their router's namespace goes)."""
+        for node in nodes:
+            if node is not self._ix and node.ns is not None:
+                node.ns.close()
+        ix_ns = self._ix.ns
+        if ix_ns is None:
+            return
+        deadline = time.monotonic() + TEARDOWN_TIMEOUT_S
+        keep = (netplan.LOOPBACK_IFINDEX, self._ix.bridge_ifindex)
+        while True:
+            ports = [link for link in ix_ns.links() if link.ifindex not in keep]
+            if not ports:
+                break
+            if time.monotonic() > deadline:
+                log.warning(
+                    "lab %s: %d link(s) still in the IX after %.0fs; something outside the "
+                    "lab still holds a namespace (a thread or process started in a node?)",
+                    self.label, len(ports), TEARDOWN_TIMEOUT_S,
+                )
+                break
+            time.sleep(0.002)
+        ix_ns.close()
+
+    def _check_open(self) -> KernelWorker:
+        if self._closed:
+            raise PatchbayError(f"lab {self.label!r} is closed")
+        if not self._started or self._kernel is None:
+            raise PatchbayError(f"lab {self.label!r} is not started: use `async with Lab(...)` or Lab.create()")
+        return self._kernel
+
+    # ---- public accessors ------------------------------------------------------------------
+
+    def add_router(self, name: str) -> RouterBuilder:
+        return RouterBuilder(self, name)
+
+    def add_device(self, name: str) -> DeviceBuilder:
+        return DeviceBuilder(self, name)
+
+    @property
+    def ix(self) -> Ix:
+        return Ix(self, self._ix)
+
+    @property
+    def outdir(self) -> Any:
+        return self._output.path if self._output else None
+
+    def routers(self) -> list[Router]:
+        with self._lock:
+            return [Router(self, s) for s in self._routers.values() if s.alive]
+
+    def devices(self) -> list[Device]:
+        with self._lock:
+            return [Device(self, s) for s in self._devices.values() if s.alive]
+
+    def router(self, name: str) -> Router:
+        with self._lock:
+            state = self._routers.get(name)
+        if state is None or not state.alive:
+            raise TopologyError(f"no router named {name!r} in lab {self.label!r}", node=name)
+        return Router(self, state)
+
+    def device(self, name: str) -> Device:
+        with self._lock:
+            state = self._devices.get(name)
+        if state is None or not state.alive:
+            raise TopologyError(f"no device named {name!r} in lab {self.label!r}", node=name)
+        return Device(self, state)
+
+    # ---- routers ---------------------------------------------------------------------------
+
+    async def _build_router(self, builder: RouterBuilder) -> Router:
+        kernel = self._check_open()
+        with self._lock:
+            state = self._plan_router(builder)
+        with anyio.CancelScope(shield=True):
+            try:
+                await kernel.run(self._make_router, state)
+            except BaseException:
+                with self._lock:
+                    self._unplan_router(state)
+                raise
+        state.alive = True
+        self._event("router_added", state.name, **state.snapshot())
+        self._write_state()
+        return Router(self, state)
+
+    def _plan_router(self, builder: RouterBuilder) -> RouterState:
+        name, s = builder.name, builder.settings
+        self._check_new_name(name)
+        spec = self._router_spec(s.preset, name)
+        nat = _resolve_nat(s.nat if s.nat is not None else spec.nat, name)
+        firewall = _resolve_firewall(s.firewall if s.firewall is not None else spec.firewall, name)
+        ip_support = s.ip_support or spec.ip_support or IpSupport.V4_ONLY
+        if ip_support is IpSupport.V6_ONLY:
+            raise TopologyError("IPv6-only routers are not available yet; use V4_ONLY or DUAL_STACK",
+                                node=name, field="ip_support")
+        nat_v6 = s.nat_v6 or spec.nat_v6 or NatV6Mode.NONE
+        if nat_v6 is not NatV6Mode.NONE:
+            raise TopologyError("IPv6 NAT modes are not available yet", node=name, field="nat_v6")
+        pool_kind = s.pool or spec.pool
+        public = pool_kind is Pool.PUBLIC if pool_kind is not None else nat is None
+        mtu = _check_mtu(s.mtu, name)
+        if s.region is not None:
+            raise TopologyError("regions are not available yet", node=name, field="region")
+        downlink = _check_condition(s.downlink_condition, name, "downlink_condition")
+        if s.port_forwards:
+            raise TopologyError("port forwarding needs NAT support, which is not available yet",
+                                node=name, field="port_forward")
+        if s.isolated and s.upstream is not None:
+            raise TopologyError("an isolated router has no upstream; drop .isolated() or .upstream()",
+                                node=name, field="upstream")
+        parent = self._resolve_router(s.upstream, name, "upstream") if s.upstream is not None else None
+
+        cidr = self._pick_downstream_cidr(s.downstream_cidr, public, name)
+        state = RouterState(
+            kind="router", name=name, id=next(self._ids), parent=parent,
+            config=RouterConfig(
+                nat=nat, nat_v6=nat_v6, firewall=firewall, ip_support=ip_support, public_pool=public,
+                mtu=mtu, block_icmp_frag_needed=s.block_icmp_frag_needed, downlink_condition=downlink,
+                isolated=s.isolated,
+            ),
+        )
+        state.lan = Lan(lower_name=f"l{state.id}", lower_ifindex=self._ix.alloc_ifindex(),
+                        ifindex=state.alloc_ifindex(), pool=AddressPool(cidr), mtu=mtu)
+        try:
+            if not s.isolated:
+                state.uplink = self._plan_router_uplink(state, parent)
+        except BaseException:
+            if s.downstream_cidr is None:
+                self._pools.release(cidr)
+            raise
+        state.pool_routes = self._plan_pool_routes(state)
+        self._nodes[name] = self._routers[name] = state
+        if parent is not None:
+            parent.children.append(state)
+        return state
+
+    def _router_spec(self, preset: RouterPreset | str | None, node: str) -> RouterSpec:
+        if preset is None:
+            return RouterSpec()
+        key = preset.value if isinstance(preset, RouterPreset) else preset
+        spec = lookup_preset("router", key, node=node, field="preset")
+        assert isinstance(spec, RouterSpec)
+        return spec
+
+    def _pick_downstream_cidr(self, requested: IPv4Network | str | None, public: bool, node: str) -> IPv4Network:
+        if requested is None:
+            try:
+                return self._pools.next_cidr(public)
+            except IndexError:
+                kind = "public" if public else "private"
+                raise TopologyError(f"no {kind} downstream pool left", node=node, field="pool") from None
+        try:
+            cidr = ip_network(str(requested))
+        except ValueError as exc:
+            raise TopologyError(f"{requested!r} is not a network: {exc}", node=node, field="downstream_cidr") from None
+        if not isinstance(cidr, IPv4Network) or cidr.prefixlen > 30:
+            raise TopologyError(f"{cidr} must be an IPv4 network of /30 or larger", node=node, field="downstream_cidr")
+        taken = [netplan.IX_CIDR, *(r.pool.cidr for r in self._routers.values() if r.pool)]
+        for other in taken:
+            if cidr.overlaps(other):
+                raise TopologyError(f"{cidr} overlaps {other}, already used in this lab", node=node,
+                                    field="downstream_cidr")
+        return cidr
+
+    def _plan_router_uplink(self, state: RouterState, parent: RouterState | None) -> Uplink:
+        assert state.config is not None
+        mtu = state.config.mtu
+        if parent is None:
+            try:
+                ip = self._ix.router_slots.allocate()
+            except PoolExhausted:
+                raise TopologyError(f"the IX {netplan.IX_CIDR} has no address left for another router",
+                                    node=state.name) from None
+            return IxPort(
+                port_name=f"r{state.id}", port_ifindex=self._ix.alloc_ifindex(),
+                bridge_ifindex=self._ix.bridge_ifindex, iface="ix", ifindex=state.alloc_ifindex(), ip=ip, mtu=mtu,
+            )
+        assert parent.lan is not None and parent.config is not None
+        try:
+            ip = parent.lan.pool.allocate()
+        except PoolExhausted:
+            raise TopologyError(f"router {parent.name!r} has no address left in {parent.lan.pool.cidr}",
+                                node=state.name, field="upstream") from None
+        return LanPlug(
+            iface="wan", ifindex=state.alloc_ifindex(), lower_ifindex=parent.lan.lower_ifindex, ip=ip,
+            subnet=parent.lan.pool.cidr, gateway=parent.lan.pool.gateway, mtu=_min_mtu(mtu, parent.config.mtu),
+        )
+
+    def _plan_pool_routes(self, state: RouterState) -> list[tuple[NodeState, IPv4Network, Any]]:
+        """Where this router's pool must be routed: up the chain until a router translates."""
+        assert state.config is not None and state.pool is not None
+        if state.config.nat is not None or state.uplink is None:
+            return []
+        routes: list[tuple[NodeState, IPv4Network, Any]] = []
+        hop: RouterState = state
+        while hop.uplink is not None:
+            owner: NodeState = hop.parent if hop.parent is not None else self._ix
+            routes.append((owner, state.pool.cidr, hop.uplink.ip))
+            if hop.parent is None:
+                break
+            hop = hop.parent
+            assert hop.config is not None
+            if hop.config.nat is not None:
+                break
+        return routes
+
+    def _unplan_router(self, state: RouterState) -> None:
+        self._nodes.pop(state.name, None)
+        self._routers.pop(state.name, None)
+        if state.parent is not None:
+            with contextlib.suppress(ValueError):
+                state.parent.children.remove(state)
+        if state.uplink is not None:
+            if state.parent is not None and state.parent.pool is not None:
+                state.parent.pool.release(state.uplink.ip)
+            else:
+                self._ix.router_slots.release(state.uplink.ip)
+        if state.pool is not None:
+            self._pools.release(state.pool.cidr)
+
+    def _make_router(self, state: RouterState) -> None:
+        """Kernel thread: the router's namespace, its uplink and LAN (made from the IX), its
+        addresses and default route, the routes toward its pool, and its rules."""
+        assert state.config is not None and state.lan is not None
+        ns = NetNs.create(state.name, netplan.forwarding_sysctls(self._ping_range))
+        try:
+            ix_ops = [*(state.uplink.ix_ops(ns) if state.uplink else []), *state.lan.ix_ops(ns)]
+            _ns(self._ix).apply(ix_ops)
+            ops = [netplan.loopback_up(), *state.lan.router_ops()]
+            if state.uplink is not None:
+                ops += state.uplink.node_ops(default_route=True)
+            ns.apply(ops)
+            for owner, cidr, via in state.pool_routes:
+                _ns(owner).apply([netplan.pool_route(cidr, via)])
+            rules = self._router_rules(state)
+            if rules:
+                ns.nft(rules)
+        except BaseException:
+            # Links die with the namespace; routes held elsewhere must be taken back.
+            for owner, cidr, via in state.pool_routes:
+                with contextlib.suppress(PatchbayError):
+                    _ns(owner).apply([netplan.pool_route(cidr, via, add=False)])
+            ns.close()
+            raise
+        state.ns = ns
+
+    def _router_rules(self, state: RouterState) -> str:
+        """nft text for the router: NAT and firewall from the plugins, plus core extras."""
+        cfg = state.config
+        assert cfg is not None and state.pool is not None
+        ctx = RuleContext(
+            router=state.name, wan_iface=state.uplink_name or "", lan_iface=netplan.LAN_IFACE,
+            wan_ip=state.uplink.ip if state.uplink else None, lan_cidr=state.pool.cidr,
+        )
+        hook = plugin_manager().hook
+        parts = []
+        if cfg.nat is not None:
+            text = hook.patchbay_nat_rules(config=cfg.nat, ctx=ctx)
+            if text is None:
+                raise TopologyError(f"no plugin generates rules for {cfg.nat}", node=state.name, field="nat")
+            parts.append(text)
+        if cfg.firewall is not None:
+            text = hook.patchbay_firewall_rules(config=cfg.firewall, ctx=ctx)
+            if text is None:
+                raise TopologyError(f"no plugin generates rules for {cfg.firewall}", node=state.name,
+                                    field="firewall")
+            parts.append(text)
+        if cfg.block_icmp_frag_needed:
+            parts.append(netplan.pmtu_blackhole_rules())
+        return "\n".join(parts)
+
+    # ---- devices ---------------------------------------------------------------------------
+
+    async def _build_device(self, builder: DeviceBuilder) -> Device:
+        kernel = self._check_open()
+        with self._lock:
+            state = self._plan_device(builder)
+        with anyio.CancelScope(shield=True):
+            try:
+                await kernel.run(self._make_device, state)
+            except BaseException:
+                with self._lock:
+                    self._unplan_device(state)
+                raise
+        state.alive = True
+        self._event("device_added", state.name, **state.snapshot())
+        self._write_state()
+        return Device(self, state)
+
+    def _plan_device(self, builder: DeviceBuilder) -> DeviceState:
+        name = builder.name
+        self._check_new_name(name)
+        mtu = _check_mtu(builder.mtu_value, name)
+        state = DeviceState(kind="device", name=name, id=next(self._ids), mtu=mtu)
+        try:
+            for request in builder.ifaces:
+                field = f"iface({request.name!r})"
+                netplan.check_ifname(request.name, node=name, field=field)
+                if request.name in state.ifaces:
+                    raise TopologyError(f"interface {request.name!r} given twice", node=name, field=field)
+                router = self._resolve_router(request.router, name, field)
+                condition = _check_condition(request.condition, name, field)
+                assert router.lan is not None and router.config is not None
+                pool = router.lan.pool
+                try:
+                    ip = pool.allocate()
+                except PoolExhausted:
+                    raise TopologyError(
+                        f"router {router.name!r} has no address left in {pool.cidr}", node=name, field=field
+                    ) from None
+                attachment = LanPlug(
+                    iface=request.name, ifindex=state.alloc_ifindex(), lower_ifindex=router.lan.lower_ifindex,
+                    ip=ip, subnet=pool.cidr, gateway=pool.gateway, mtu=_min_mtu(mtu, router.config.mtu),
+                )
+                state.ifaces[request.name] = DeviceIfaceState(request.name, router, attachment, condition)
+            default = builder.default_via_name
+            if default is not None and default not in state.ifaces:
+                raise TopologyError(f"default_via names {default!r}, which is not one of its interfaces "
+                                    f"({', '.join(state.ifaces) or 'none'})", node=name, field="default_via")
+            state.default_iface = default or next(iter(state.ifaces), None)
+        except BaseException:
+            self._release_device_addresses(state)
+            raise
+        self._nodes[name] = self._devices[name] = state
+        for iface in state.ifaces.values():
+            iface.router.children.append(state)
+        return state
+
+    def _release_device_addresses(self, state: DeviceState) -> None:
+        for iface in state.ifaces.values():
+            assert iface.router.pool is not None
+            iface.router.pool.release(iface.ip)
+
+    def _unplan_device(self, state: DeviceState) -> None:
+        self._nodes.pop(state.name, None)
+        self._devices.pop(state.name, None)
+        self._release_device_addresses(state)
+        for iface in state.ifaces.values():
+            with contextlib.suppress(ValueError):
+                iface.router.children.remove(state)
+
+    def _make_device(self, state: DeviceState) -> None:
+        """Kernel thread: the device's namespace and one macvlan per interface on its router's LAN."""
+        ns = NetNs.create(state.name, netplan.base_sysctls(self._ping_range))
+        try:
+            _ns(self._ix).apply([op for iface in state.ifaces.values() for op in iface.attachment.ix_ops(ns)])
+            ops = [netplan.loopback_up()]
+            for iface in state.ifaces.values():
+                ops += iface.attachment.node_ops(default_route=iface.name == state.default_iface)
+            ns.apply(ops)
+        except BaseException:
+            ns.close()  # its macvlans go with it
+            raise
+        state.ns = ns
+
+    # ---- shared helpers --------------------------------------------------------------------
+
+    def _check_new_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or any(c.isspace() or c == "/" for c in name):
+            raise TopologyError("a node name must be a non-empty string without whitespace or '/'", node=str(name))
+        if name == "ix":
+            raise TopologyError("'ix' is the name of the lab's internet exchange; pick another", node=name)
+        if name in self._nodes:
+            raise TopologyError(f"duplicate name: a {self._nodes[name].kind} named {name!r} already exists",
+                                node=name)
+
+    def _resolve_router(self, ref: Router | str, node: str, field: str) -> RouterState:
+        if isinstance(ref, Router):
+            if ref._lab is not self:
+                raise TopologyError(f"router {ref.name!r} belongs to another lab", node=node, field=field)
+            state = ref._state
+        else:
+            state = self._routers.get(str(ref))  # type: ignore[assignment]
+            if state is None:
+                known = ", ".join(self._routers) or "none yet"
+                raise TopologyError(f"unknown router {ref!r} (routers: {known})", node=node, field=field)
+        if not state.alive:
+            raise TopologyError(f"router {state.name!r} is not built (or was removed)", node=node, field=field)
+        return state
+
+    def _runtime(self, state: NodeState) -> NodeRuntime:
+        with self._lock:
+            if state.runtime is None:
+                assert state.ns is not None
+                state.runtime = NodeRuntime(state.name, state.ns.fd)
+            return state.runtime
+
+    def _spawn_command(self, state: NodeState, argv: Sequence[str], popen_kw: dict[str, Any]) -> Future[Any]:
+        with self._lock:
+            if self._closed:
+                raise PatchbayError(f"lab {self.label!r} is closed")
+            if self._spawner is None:
+                self._spawner = Spawner(self.label)
+            spawner = self._spawner
+        assert state.ns is not None
+        kwargs = dict(popen_kw)
+        opened = []
+        if self._output is not None:
+            for stream in ("stdout", "stderr"):
+                if kwargs.get(stream) is None:
+                    log_file = open(self._output.node_log(state.kind, state.name, stream), "ab")  # noqa: SIM115
+                    opened.append(log_file)
+                    kwargs[stream] = log_file
+        fut = spawner.submit(state.ns.fd, state.name, argv, kwargs)
+
+        def after(done: Future[subprocess.Popen[Any]]) -> None:
+            for log_file in opened:
+                log_file.close()
+            if done.exception() is None:
+                self._event("command_spawned", state.name, argv=list(argv), pid=done.result().pid)
+
+        fut.add_done_callback(after)
+        return fut
+
+    def _event(self, kind: str, node: str | None, **fields: Any) -> None:
+        if self._output is not None:
+            self._output.event(kind, node, **fields)
+
+    def _write_state(self) -> None:
+        if self._output is None:
+            return
+        with self._lock:
+            state = {
+                "label": self.label,
+                "closed": self._closed,
+                "ix": {"cidr": str(netplan.IX_CIDR), "gateway": str(netplan.IX_GATEWAY)},
+                "routers": [r.snapshot() for r in self._routers.values() if r.alive],
+                "devices": [d.snapshot() for d in self._devices.values() if d.alive],
+            }
+        with self._state_lock:
+            self._output.write_state(state)
+
+
+def _ns(node: NodeState) -> NetNs:
+    assert node.ns is not None, node.name
+    return node.ns
+
+
+def _resolve_nat(value: Nat | NatConfig | str | None, node: str) -> NatConfig | None:
+    if value is None or value is Nat.NONE or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, NatConfig):
+        return value
+    name = value.value if isinstance(value, Nat) else str(value)
+    config = lookup_preset("nat", name, node=node, field="nat")
+    assert isinstance(config, NatConfig)
+    return config
+
+
+def _resolve_firewall(value: Firewall | FirewallConfig | str | None, node: str) -> FirewallConfig | None:
+    if value is None or value is Firewall.NONE or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, FirewallConfig):
+        return None if value == FirewallConfig() else value
+    name = value.value if isinstance(value, Firewall) else str(value)
+    config = lookup_preset("firewall", name, node=node, field="firewall")
+    assert isinstance(config, FirewallConfig)
+    return config
+
+
+def _check_condition(value: LinkCondition | str | None, node: str, field: str) -> LinkCondition | None:
+    if value is None:
+        return None
+    condition = LinkCondition.parse(value) if not isinstance(value, LinkCondition) else value
+    limits = condition.limits if condition.limits is not None else lookup_preset("link", condition.name or "",
+                                                                                 node=node, field=field)
+    if getattr(limits, "is_clean", False):
+        return condition
+    raise TopologyError("link impairments are not available yet (only clean links)", node=node, field=field)
+
+
+def _check_mtu(mtu: int | None, node: str) -> int:
+    if mtu is None:
+        return 0
+    if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+        raise TopologyError(f"mtu {mtu!r} is out of range (68 to 65535)", node=node, field="mtu")
+    return mtu
+
+
+def _min_mtu(a: int, b: int) -> int:
+    return min(x for x in (a, b) if x) if (a or b) else 0
+
+
+def _raise_fd_limit() -> None:
+    """Each node holds a few fds (namespace, netlink socket); big labs need more than 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))

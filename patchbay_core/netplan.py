@@ -1,0 +1,301 @@
+"""The address plan and the wiring of a lab, computed without touching the kernel.
+
+Everything here is pure: given names, order and settings it yields addresses, interface names,
+sysctls and the netlink operations (`netops`) each namespace needs. `lab.py` hands those to
+the kernel layer. Deterministic: the same lab description gives the same plan.
+
+Plan (IPv4):
+- IX (the lab's "internet"): 198.18.0.0/24 on a bridge in the IX namespace, which is the
+  gateway (.1) and routes every public downstream pool; routers get .10, .11, ...
+  The IX namespace is also the lab's wiring closet: it holds the lower end of every router's
+  LAN, on which devices and chained routers are macvlans (see `Lan`).
+- Public downstream pools: 198.18.N.0/24 (N = 1, 2, ...; then 198.19.M.0/24).
+- Private downstream pools: 10.0.N.0/24 (N = 1, 2, ...; then 10.1.0.0/24, ...).
+- In every pool the router is the first host (.1); devices and chained routers follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from .errors import TopologyError
+from .netops import Addr, Bridge, LinkSet, Macvlan, NetOp, NsRef, Route, VethPair
+
+IX_CIDR = IPv4Network("198.18.0.0/24")
+IX_GATEWAY = IPv4Address("198.18.0.1")
+IX_FIRST_ROUTER = 10
+IX_BRIDGE = "br-ix"
+LAN_IFACE = "lan"
+DEFAULT_MTU = 1500
+MAX_MTU = 65535  # the veth maximum
+LOOPBACK_IFINDEX = 1
+IFNAMSIZ = 16  # including the terminating NUL: names have at most 15 bytes
+
+_PUBLIC_BASE = int(IPv4Address("198.18.0.0"))
+_PRIVATE_BASE = int(IPv4Address("10.0.0.0"))
+_PUBLIC_POOLS = 511  # 198.18.1.0/24 .. 198.19.255.0/24
+_PRIVATE_POOLS = 65535  # 10.0.1.0/24 .. 10.255.255.0/24
+
+
+def public_pool_cidr(n: int) -> IPv4Network:
+    """The n-th public downstream pool (n >= 1)."""
+    if not 1 <= n <= _PUBLIC_POOLS:
+        raise IndexError(n)
+    return IPv4Network((_PUBLIC_BASE + (n << 8), 24))
+
+
+def private_pool_cidr(n: int) -> IPv4Network:
+    """The n-th private downstream pool (n >= 1)."""
+    if not 1 <= n <= _PRIVATE_POOLS:
+        raise IndexError(n)
+    return IPv4Network((_PRIVATE_BASE + (n << 8), 24))
+
+
+def check_ifname(name: str, *, node: str, field: str) -> None:
+    """Refuse names the kernel would refuse, before anything is built."""
+    raw = name.encode()
+    if not raw or len(raw) >= IFNAMSIZ:
+        raise TopologyError(
+            f"interface name {name!r} has {len(raw)} bytes; Linux allows 1 to {IFNAMSIZ - 1}",
+            node=node, field=field,
+        )
+    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
+        raise TopologyError(
+            f"interface name {name!r} may not be '.', '..' or contain '/', ':' or whitespace",
+            node=node, field=field,
+        )
+
+
+class PoolExhausted(Exception):
+    pass
+
+
+@dataclass
+class AddressPool:
+    """Hosts of one subnet handed out in order; the first host is the gateway."""
+
+    cidr: IPv4Network
+    _next: int = 2
+    _free: list[int] = field(default_factory=list)
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self.cidr.network_address + 1
+
+    @property
+    def prefixlen(self) -> int:
+        return self.cidr.prefixlen
+
+    @classmethod
+    def starting_at(cls, cidr: IPv4Network, first_host: int) -> AddressPool:
+        """A pool whose first handed-out host is `first_host` (e.g. routers from .10 on the IX)."""
+        return cls(cidr, first_host)
+
+    def allocate(self) -> IPv4Address:
+        if self._free:
+            return self.cidr.network_address + self._free.pop(0)
+        # The last address of the subnet is the broadcast address.
+        if self._next >= self.cidr.num_addresses - 1:
+            raise PoolExhausted(str(self.cidr))
+        offset = self._next
+        self._next += 1
+        return self.cidr.network_address + offset
+
+    def release(self, ip: IPv4Address) -> None:
+        offset = int(ip) - int(self.cidr.network_address)
+        if 0 < offset < self._next and offset not in self._free:
+            self._free.append(offset)
+            self._free.sort()
+
+
+@dataclass
+class PoolCounters:
+    """Which downstream pool the next router gets (public and private are counted apart)."""
+
+    public: int = 0
+    private: int = 0
+
+    def next_cidr(self, public: bool) -> IPv4Network:
+        if public:
+            self.public += 1
+            return public_pool_cidr(self.public)
+        self.private += 1
+        return private_pool_cidr(self.private)
+
+    def release(self, cidr: IPv4Network) -> None:
+        """Give back the most recent pool (a build that failed) so numbering stays dense."""
+        if self.public and cidr == public_pool_cidr(self.public):
+            self.public -= 1
+        elif self.private and cidr == private_pool_cidr(self.private):
+            self.private -= 1
+
+    def taken(self) -> Iterator[IPv4Network]:
+        for n in range(1, self.public + 1):
+            yield public_pool_cidr(n)
+        for n in range(1, self.private + 1):
+            yield private_pool_cidr(n)
+
+
+def ix_router_slots() -> AddressPool:
+    """Addresses of routers on the IX: 198.18.0.10 and up (.1 is the IX gateway)."""
+    return AddressPool.starting_at(IX_CIDR, IX_FIRST_ROUTER)
+
+
+# ---- sysctls -----------------------------------------------------------------------------
+
+
+def base_sysctls(ping_group_range: str) -> dict[str, str]:
+    """Every namespace: ICMP echo sockets usable without raw sockets (our `ping`, and users').
+
+    Labs are IPv4 for now: interfaces made later get no IPv6 (no link-local address, DAD or
+    MLD work at link-up, which is a good part of what link-up costs); `lo` keeps ::1.
+    """
+    return {"net.ipv4.ping_group_range": ping_group_range, "net.ipv6.conf.default.disable_ipv6": "1"}
+
+
+def forwarding_sysctls(ping_group_range: str) -> dict[str, str]:
+    """Routers and the IX forward packets and never tell hosts to route around them."""
+    return {
+        **base_sysctls(ping_group_range),
+        "net.ipv4.ip_forward": "1",
+        "net.ipv4.conf.all.send_redirects": "0",
+        "net.ipv4.conf.default.send_redirects": "0",
+        "net.ipv4.conf.all.accept_redirects": "0",
+        "net.ipv4.conf.default.accept_redirects": "0",
+        "net.ipv4.conf.all.rp_filter": "0",
+        "net.ipv4.conf.default.rp_filter": "0",
+    }
+
+
+def ix_sysctls(ping_group_range: str) -> dict[str, str]:
+    """The IX forwards like a router."""
+    return forwarding_sysctls(ping_group_range)
+
+
+# ---- operations --------------------------------------------------------------------------
+
+
+def loopback_up() -> LinkSet:
+    return LinkSet(LOOPBACK_IFINDEX, "lo", up=True)
+
+
+def ix_ops(bridge_ifindex: int) -> list[NetOp]:
+    """The IX namespace: a bridge every top-level router plugs into, with the gateway address."""
+    return [
+        loopback_up(),
+        Bridge(IX_BRIDGE, bridge_ifindex),
+        Addr(bridge_ifindex, IX_BRIDGE, IX_GATEWAY, IX_CIDR.prefixlen),
+    ]
+
+
+@dataclass(frozen=True)
+class IxPort:
+    """A top-level router's uplink: a veth from the IX bridge (port `port_name` in the IX) to
+    the router's "ix" interface."""
+
+    port_name: str
+    port_ifindex: int
+    bridge_ifindex: int
+    iface: str
+    ifindex: int
+    ip: IPv4Address
+    mtu: int = 0
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return IX_CIDR
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return IX_GATEWAY
+
+    def ix_ops(self, node: NsRef) -> list[NetOp]:
+        return [
+            VethPair(self.port_name, self.port_ifindex, self.iface, self.ifindex, node,
+                     master=self.bridge_ifindex, mtu=self.mtu, peer_mtu=self.mtu)
+        ]
+
+    def node_ops(self, *, default_route: bool) -> list[NetOp]:
+        return _plug_ops(self.ifindex, self.iface, self.ip, self.subnet, self.gateway if default_route else None)
+
+
+@dataclass(frozen=True)
+class LanPlug:
+    """An interface on a router's LAN (a device's, or a chained router's "wan"): a macvlan on
+    the LAN's lower end in the IX, created directly in the node's namespace."""
+
+    iface: str
+    ifindex: int
+    lower_ifindex: int
+    ip: IPv4Address
+    subnet: IPv4Network
+    gateway: IPv4Address
+    mtu: int = 0
+
+    def ix_ops(self, node: NsRef) -> list[NetOp]:
+        return [Macvlan(self.iface, self.ifindex, self.lower_ifindex, node, mtu=self.mtu or DEFAULT_MTU)]
+
+    def node_ops(self, *, default_route: bool) -> list[NetOp]:
+        return _plug_ops(self.ifindex, self.iface, self.ip, self.subnet, self.gateway if default_route else None)
+
+
+Uplink = IxPort | LanPlug
+
+
+def _plug_ops(ifindex: int, iface: str, ip: IPv4Address, subnet: IPv4Network,
+              default_gateway: IPv4Address | None) -> list[NetOp]:
+    ops: list[NetOp] = [LinkSet(ifindex, iface, up=True), Addr(ifindex, iface, ip, subnet.prefixlen)]
+    if default_gateway is not None:
+        ops.append(Route(None, default_gateway, oif=ifindex, label=iface))
+    return ops
+
+
+@dataclass(frozen=True)
+class Lan:
+    """A router's downstream L2 segment, made without a bridge (deleting a bridge costs an
+    rcu_barrier, ~20 ms each, serialized): the router's "lan" interface is a veth whose other
+    end, `lower_name` in the IX, is the lower device of every macvlan plugged into this LAN.
+    Macvlans in bridge mode reach each other directly and the router through the lower."""
+
+    lower_name: str
+    lower_ifindex: int
+    ifindex: int
+    pool: AddressPool
+    mtu: int = 0
+
+    @property
+    def iface(self) -> str:
+        return LAN_IFACE
+
+    def ix_ops(self, router: NsRef) -> list[NetOp]:
+        # The lower never limits what its macvlans carry; the router's "lan" MTU does.
+        return [VethPair(self.lower_name, self.lower_ifindex, self.iface, self.ifindex, router,
+                         mtu=MAX_MTU, peer_mtu=self.mtu)]
+
+    def router_ops(self) -> list[NetOp]:
+        return [
+            LinkSet(self.ifindex, self.iface, up=True),
+            Addr(self.ifindex, self.iface, self.pool.gateway, self.pool.prefixlen),
+        ]
+
+
+def pool_route(cidr: IPv4Network, via: IPv4Address, *, add: bool = True) -> Route:
+    """Route a downstream pool toward the router that owns it."""
+    return Route(cidr, via, add=add)
+
+
+# ---- rule text owned by the core ---------------------------------------------------------
+
+
+def pmtu_blackhole_rules() -> str:
+    """Drop ICMP "fragmentation needed" the router forwards or sends itself (a PMTU blackhole)."""
+    return (
+        "table ip pb_pmtu {\n"
+        "  chain forward { type filter hook forward priority -10; policy accept;\n"
+        "    icmp type destination-unreachable icmp code frag-needed counter drop }\n"
+        "  chain output { type filter hook output priority -10; policy accept;\n"
+        "    icmp type destination-unreachable icmp code frag-needed counter drop }\n"
+        "}\n"
+    )

@@ -1,0 +1,144 @@
+"""The lab's record of its nodes: what each is, where it is plugged, which addresses it holds.
+
+Plain state, guarded by the lab's lock. Handles (`handles.py`) read it; the lab changes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, Any
+
+from .firewall import FirewallConfig
+from .kernel.namespace import FIRST_IFINDEX, NetNs
+from .link import LinkCondition
+from .nat import NatConfig, NatV6Mode
+from .netplan import AddressPool, Lan, LanPlug, Uplink
+from .routers import IpSupport
+
+if TYPE_CHECKING:
+    from .execution import NodeRuntime
+
+
+@dataclass(eq=False)
+class NodeState:
+    kind: str  # "router", "device" or "ix"
+    name: str
+    id: int
+    ns: NetNs | None = None
+    runtime: NodeRuntime | None = None
+    alive: bool = False
+    next_ifindex: int = FIRST_IFINDEX
+
+    def alloc_ifindex(self) -> int:
+        index = self.next_ifindex
+        self.next_ifindex += 1
+        return index
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name!r}"
+
+
+@dataclass(eq=False)
+class IxState(NodeState):
+    bridge_ifindex: int = 0
+    router_slots: AddressPool = field(default_factory=lambda: AddressPool(IPv4Network("0.0.0.0/32")))
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """A router's effective settings after presets and builder calls."""
+
+    nat: NatConfig | None
+    nat_v6: NatV6Mode
+    firewall: FirewallConfig | None
+    ip_support: IpSupport
+    public_pool: bool
+    mtu: int
+    block_icmp_frag_needed: bool
+    downlink_condition: LinkCondition | None
+    isolated: bool
+
+
+@dataclass(eq=False)
+class RouterState(NodeState):
+    config: RouterConfig | None = None
+    parent: RouterState | None = None  # None and not isolated: plugged into the IX
+    uplink: Uplink | None = None
+    lan: Lan | None = None
+    # Routes other namespaces hold toward this router's pool: (owner, destination, via).
+    pool_routes: list[tuple[NodeState, IPv4Network, IPv4Address]] = field(default_factory=list)
+    children: list[NodeState] = field(default_factory=list)
+
+    @property
+    def pool(self) -> AddressPool | None:
+        return self.lan.pool if self.lan else None
+
+    @property
+    def uplink_name(self) -> str | None:
+        return self.uplink.iface if self.uplink else None
+
+    def snapshot(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "name": self.name,
+            "id": self.id,
+            "upstream": self.parent.name if self.parent else (None if cfg and cfg.isolated else "ix"),
+            "uplink": None if not self.uplink else {
+                "iface": self.uplink.iface, "ip": str(self.uplink.ip),
+                "prefixlen": self.uplink.subnet.prefixlen, "gateway": str(self.uplink.gateway),
+            },
+            "downstream_cidr": str(self.pool.cidr) if self.pool else None,
+            "gateway": str(self.pool.gateway) if self.pool else None,
+            "nat": _describe(cfg.nat) if cfg else None,
+            "firewall": _describe(cfg.firewall) if cfg else None,
+            "ip_support": cfg.ip_support.value if cfg else None,
+            "mtu": cfg.mtu if cfg else 0,
+        }
+
+
+@dataclass(eq=False)
+class DeviceIfaceState:
+    name: str
+    router: RouterState
+    attachment: LanPlug
+    condition: LinkCondition | None = None
+
+    @property
+    def ifindex(self) -> int:
+        return self.attachment.ifindex
+
+    @property
+    def ip(self) -> IPv4Address:
+        return self.attachment.ip
+
+
+@dataclass(eq=False)
+class DeviceState(NodeState):
+    ifaces: dict[str, DeviceIfaceState] = field(default_factory=dict)
+    default_iface: str | None = None
+    mtu: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "default_iface": self.default_iface,
+            "ifaces": [
+                {
+                    "name": i.name, "router": i.router.name, "ip": str(i.ip),
+                    "prefixlen": i.attachment.subnet.prefixlen, "gateway": str(i.attachment.gateway),
+                    "condition": repr(i.condition) if i.condition else None,
+                }
+                for i in self.ifaces.values()
+            ],
+        }
+
+
+def _describe(value: object) -> object:
+    if value is None:
+        return None
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: getattr(getattr(value, k), "value", getattr(value, k)) for k in value.__dataclass_fields__}
+    return str(value)

@@ -98,7 +98,8 @@ int pb_netns_new(int home_fd, const char *sysctls, int *ns_fd_out, int *rtnl_fd_
 	}
 	ret = write_sysctls_here(sysctls, err, errlen);
 out:
-	if (setns(home_fd, CLONE_NEWNET)) {
+	/* home_fd < 0: the calling thread stays in the new namespace (it becomes its home). */
+	if (home_fd >= 0 && setns(home_fd, CLONE_NEWNET)) {
 		/* The thread is stranded in the new namespace: report it loudly. */
 		snprintf(err, errlen, "setns back to the home namespace: %s", strerror(errno));
 		ret = -EIO;

@@ -16,7 +16,8 @@ int pb_setns(int fd, int nstype);
 int pb_open_thread_netns(void);
 /* Create a network namespace on the calling thread and configure it from the inside:
  * `sysctls` is "path=value\n..." with paths relative to /proc/sys. Returns the namespace fd
- * and an rtnetlink socket bound inside it. */
+ * and an rtnetlink socket bound inside it. home_fd -1: stay inside (the namespace becomes the
+ * thread's home; unprivileged threads cannot go back to the host namespace anyway). */
 int pb_netns_new(int home_fd, const char *sysctls, int *ns_fd_out, int *rtnl_fd_out,
                  char *err, size_t errlen);
 int pb_sysctl_write(int ns_fd, int home_fd, const char *sysctls, char *err, size_t errlen);

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .errors import NetlinkError
@@ -81,8 +82,26 @@ class NodeRuntime:
         finally:
             _drain_loop(loop, self.node)
 
-    def submit_coro(self, coro: Awaitable[T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop())  # type: ignore[arg-type]
+    def submit_coro(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run `coro` as a task on the node's loop.
+
+        The task starts in a fresh contextvars context: the caller's (its sniffio library,
+        its task-local state) belongs to another event loop and must not leak into the node.
+        """
+        loop = self.loop()
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def start() -> None:
+            if fut.cancelled():
+                coro.close()
+                return
+            task = loop.create_task(coro)
+            task.add_done_callback(lambda t: _settle(fut, t))
+            # The caller gave up (cancelled): cancel the task on its loop.
+            fut.add_done_callback(lambda f: f.cancelled() and _call_soon(loop, task.cancel))
+
+        loop.call_soon_threadsafe(start, context=contextvars.Context())
+        return fut
 
     def on_loop_thread(self) -> bool:
         return self._loop_thread is not None and threading.current_thread() is self._loop_thread
@@ -180,6 +199,22 @@ class NodeRuntime:
                 thread.join(timeout)
                 if thread.is_alive():
                     log.warning("%s: a spawn_thread function is still running after the lab closed", self.node)
+
+
+def _settle(fut: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    """Copy a finished task's outcome to the caller's future (unless the caller cancelled)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if task.cancelled():
+            fut.cancel()
+        elif task.exception() is not None:
+            fut.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            fut.set_result(task.result())
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop already closed
+        loop.call_soon_threadsafe(fn)
 
 
 def _drain_loop(loop: asyncio.AbstractEventLoop, node: str) -> None:

@@ -37,6 +37,7 @@ from .kernel.namespace import NetNs
 from .kernel.worker import KernelWorker
 from .link import LinkCondition
 from .nat import Nat, NatConfig, NatV6Mode
+from .netops import LinkDel
 from .netplan import AddressPool, IxPort, Lan, LanPlug, PoolExhausted, Uplink
 from .opts import LabOpts
 from .outdir import LabOutput
@@ -115,7 +116,7 @@ class Lab:
         self._write_state()
 
     def _make_ix(self) -> None:
-        ns = NetNs.create("ix", netplan.ix_sysctls(self._ping_range))
+        ns = NetNs.create("ix", netplan.ix_sysctls(self._ping_range), stay=True)
         try:
             self._ix.bridge_ifindex = self._ix.alloc_ifindex()
             ns.apply(netplan.ix_ops(self._ix.bridge_ifindex))
@@ -395,13 +396,26 @@ class Lab:
             if rules:
                 ns.nft(rules)
         except BaseException:
-            # Links die with the namespace; routes held elsewhere must be taken back.
+            # Take back routes held elsewhere and the IX ends of our links now (they would go
+            # with the namespace, but only once the kernel gets to it).
             for owner, cidr, via in state.pool_routes:
                 with contextlib.suppress(PatchbayError):
                     _ns(owner).apply([netplan.pool_route(cidr, via, add=False)])
+            for index, name in self._ix_links_of(state):
+                with contextlib.suppress(PatchbayError):
+                    _ns(self._ix).apply([LinkDel(index, name)])
             ns.close()
             raise
         state.ns = ns
+
+    @staticmethod
+    def _ix_links_of(state: RouterState) -> list[tuple[int, str]]:
+        links = []
+        if isinstance(state.uplink, IxPort):
+            links.append((state.uplink.port_ifindex, state.uplink.port_name))
+        if state.lan is not None:
+            links.append((state.lan.lower_ifindex, state.lan.lower_name))
+        return links
 
     def _router_rules(self, state: RouterState) -> str:
         """nft text for the router: NAT and firewall from the plugins, plus core extras."""
@@ -549,7 +563,7 @@ class Lab:
             if self._closed:
                 raise PatchbayError(f"lab {self.label!r} is closed")
             if self._spawner is None:
-                self._spawner = Spawner(self.label)
+                self._spawner = Spawner(self.label, _ns(self._ix).fd)
             spawner = self._spawner
         assert state.ns is not None
         kwargs = dict(popen_kw)

@@ -34,7 +34,8 @@ _STOP = object()
 class Spawner:
     """The lab's process factory and the owner of its PID namespace."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, home_ns_fd: int) -> None:
+        self._home_ns_fd = home_ns_fd
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._children: list[subprocess.Popen[Any]] = []
         self._lock = threading.Lock()
@@ -49,6 +50,11 @@ class Spawner:
 
     def _main(self, ready: concurrent.futures.Future[None]) -> None:
         try:
+            # Live in the lab's IX namespace: a thread without root could not come back to
+            # the host's after stepping into a node.
+            rc = lib.pb_setns(self._home_ns_fd, CLONE_NEWNET)
+            if rc:
+                raise NetlinkError("spawner: enter the lab's IX namespace", -rc)
             self._start_pid_namespace()
         except BaseException as exc:
             ready.set_exception(exc)

@@ -28,9 +28,10 @@ class NetNs:
         self._next_ifindex = FIRST_IFINDEX
 
     @classmethod
-    def create(cls, node: str, sysctls: Mapping[str, str]) -> NetNs:
-        """Make a namespace on the calling thread, configured from inside with `sysctls`."""
-        fd, rtnl_fd = native.netns_new(sysctls, node)
+    def create(cls, node: str, sysctls: Mapping[str, str], *, stay: bool = False) -> NetNs:
+        """Make a namespace on the calling thread, configured from inside with `sysctls`.
+        With stay=True the thread remains inside: the namespace becomes its home."""
+        fd, rtnl_fd = native.netns_new(sysctls, node, stay=stay)
         return cls(node, fd, rtnl_fd)
 
     def alloc_ifindex(self) -> int:

@@ -54,14 +54,20 @@ def text(buf: object) -> str:
     return ffi.string(buf).decode(errors="replace")  # type: ignore[no-any-return]
 
 
-def netns_new(sysctls: Mapping[str, str], node: str) -> tuple[int, int]:
-    """Create a namespace configured with `sysctls`; returns (namespace fd, rtnetlink fd)."""
+def netns_new(sysctls: Mapping[str, str], node: str, *, stay: bool = False) -> tuple[int, int]:
+    """Create a namespace configured with `sysctls`; returns (namespace fd, rtnetlink fd).
+
+    With stay=True the calling thread remains inside it: it becomes the thread's home.
+    """
     ns_fd = ffi.new("int *")
     rtnl_fd = ffi.new("int *")
     err, errlen = errbuf()
-    rc = lib.pb_netns_new(home_netns_fd(), sysctl_text(sysctls), ns_fd, rtnl_fd, err, errlen)
+    home = -1 if stay else home_netns_fd()
+    rc = lib.pb_netns_new(home, sysctl_text(sysctls), ns_fd, rtnl_fd, err, errlen)
     if rc:
         raise NetlinkError("create network namespace", -rc, node=node, detail=text(err))
+    if stay:
+        close_home_netns_fd()  # the thread's home changed
     return ns_fd[0], rtnl_fd[0]
 
 

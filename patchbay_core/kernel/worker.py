@@ -2,7 +2,9 @@
 
 One thread per lab serializes kernel work (so netlink sockets have one user and a batch is
 never interleaved) and keeps the caller's event loop free. Namespaces are created by
-unshare(2) on this thread, which then returns to its home namespace.
+unshare(2) on this thread. Its first job makes the lab's IX namespace and stays there: the IX
+is the thread's home, to which it returns after each step into another namespace. (Without
+root, a thread that left the host's namespace may not go back to it.)
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ class KernelWorker:
         self._thread.start()
 
     def _main(self) -> None:
-        native.home_netns_fd()
         try:
             while True:
                 item = self._queue.get()

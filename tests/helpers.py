@@ -1,0 +1,38 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import patchbay_core as pb
+
+
+def netns_inodes_of_process() -> set[int]:
+    """Inodes of every network namespace this process holds open (fds) or sits in (threads)."""
+    inodes = set()
+    for path in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            continue
+        if target.startswith("net:["):
+            inodes.add(int(target[5:-1]))
+    return inodes
+
+
+async def tcp_echo_server(handle: pb.Device, port: int, ready: anyio.Event | None = None) -> None:
+    """Serve one connection: echo until EOF."""
+    listener = await anyio.create_tcp_listener(local_host=str(handle.ip), local_port=port)
+    async with listener:
+        conn = await listener.accept()
+        async with conn:
+            while True:
+                try:
+                    data = await conn.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                await conn.send(data)
+
+

@@ -18,6 +18,11 @@ int pb_setns(int fd, int nstype)
 	return setns(fd, nstype) ? -errno : 0;
 }
 
+int pb_unshare(int flags)
+{
+	return unshare(flags) ? -errno : 0;
+}
+
 int pb_open_thread_netns(void)
 {
 	int fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);

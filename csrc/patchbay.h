@@ -13,6 +13,7 @@
 
 /* ---- namespaces (netns.c) ---- */
 int pb_setns(int fd, int nstype);
+int pb_unshare(int flags);
 int pb_open_thread_netns(void);
 /* Create a network namespace on the calling thread and configure it from the inside:
  * `sysctls` is "path=value\n..." with paths relative to /proc/sys. Returns the namespace fd
@@ -37,16 +38,16 @@ int pb_batch_count(struct pb_batch *b);
 int pb_batch_veth(struct pb_batch *b, const char *name, int ifindex, int ns_fd, int master,
                   int mtu, int up, const char *peer_name, int peer_ifindex, int peer_ns_fd,
                   int peer_mtu, int peer_up);
-/* A bridge; vlan_filtering makes it a VLAN-aware switch whose new ports join no VLAN. */
 /* A macvlan (bridge mode) on `lower` (an interface of the sending namespace), created directly
  * in `ns_fd`. Macvlans on one lower form one L2 segment with it. mac may be NULL (random). */
 int pb_batch_macvlan(struct pb_batch *b, const char *name, int ifindex, int ns_fd, int lower,
                      int mtu, const uint8_t *mac);
-int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, int up,
-                    int vlan_filtering);
-/* Add (add=1) or remove a port's access VLAN (untagged, PVID). self=1 targets the bridge
- * device itself (its own IP interface) instead of a port. */
-int pb_batch_bridge_vlan(struct pb_batch *b, int ifindex, int vid, int add, int self);
+/* A bridge without STP delay or multicast snooping (it floods like a plain switch). */
+int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, int up);
+/* A qdisc: add=1 adds (replace=1 replaces), add=0 deletes. parent 0 = root. `opts` is the
+ * kind's TCA_OPTIONS payload as the kernel expects it (may be NULL). */
+int pb_batch_qdisc(struct pb_batch *b, int add, int replace, int ifindex, unsigned int handle,
+                   unsigned int parent, const char *kind, const uint8_t *opts, size_t opts_len);
 /* up/down: 1 up, 0 down, -1 unchanged; mtu 0 unchanged; master -1 unchanged, 0 release. */
 int pb_batch_link_set(struct pb_batch *b, int ifindex, int up, int mtu, int master);
 int pb_batch_link_del(struct pb_batch *b, int ifindex);

@@ -7,9 +7,9 @@
 #include <errno.h>
 #include <libmnl/libmnl.h>
 #include <linux/if.h>
-#include <linux/if_bridge.h>
 #include <linux/if_link.h>
 #include <linux/neighbour.h>
+#include <linux/pkt_sched.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
@@ -177,8 +177,7 @@ int pb_batch_macvlan(struct pb_batch *b, const char *name, int ifindex, int ns_f
 	return msg_end(b, nlh);
 }
 
-int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, int up,
-		    int vlan_filtering)
+int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, int up)
 {
 	struct nlmsghdr *nlh = msg_start(b, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
 	if (!nlh)
@@ -195,31 +194,27 @@ int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, 
 	mnl_attr_put_u32(nlh, IFLA_BR_STP_STATE, 0);
 	/* Flood multicast like a plain switch: LAN discovery (mDNS, SSDP) must just work. */
 	mnl_attr_put_u8(nlh, IFLA_BR_MCAST_SNOOPING, 0);
-	if (vlan_filtering) {
-		mnl_attr_put_u8(nlh, IFLA_BR_VLAN_FILTERING, 1);
-		mnl_attr_put_u16(nlh, IFLA_BR_VLAN_DEFAULT_PVID, 0);
-	}
 	mnl_attr_nest_end(nlh, data);
 	mnl_attr_nest_end(nlh, linkinfo);
 	return msg_end(b, nlh);
 }
 
-int pb_batch_bridge_vlan(struct pb_batch *b, int ifindex, int vid, int add, int self)
+int pb_batch_qdisc(struct pb_batch *b, int add, int replace, int ifindex, unsigned int handle,
+		   unsigned int parent, const char *kind, const uint8_t *opts, size_t opts_len)
 {
-	struct nlmsghdr *nlh = msg_start(b, add ? RTM_SETLINK : RTM_DELLINK, 0);
+	int flags = add ? NLM_F_CREATE | (replace ? NLM_F_REPLACE : NLM_F_EXCL) : 0;
+	struct nlmsghdr *nlh = msg_start(b, add ? RTM_NEWQDISC : RTM_DELQDISC, flags);
 	if (!nlh)
 		return -ENOMEM;
-	struct ifinfomsg *ifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifm));
-	ifm->ifi_family = AF_BRIDGE;
-	ifm->ifi_index = ifindex;
-	struct nlattr *spec = mnl_attr_nest_start(nlh, IFLA_AF_SPEC);
-	mnl_attr_put_u16(nlh, IFLA_BRIDGE_FLAGS, self ? BRIDGE_FLAGS_SELF : BRIDGE_FLAGS_MASTER);
-	struct bridge_vlan_info vinfo = {
-		.flags = BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED,
-		.vid = (uint16_t)vid,
-	};
-	mnl_attr_put(nlh, IFLA_BRIDGE_VLAN_INFO, sizeof(vinfo), &vinfo);
-	mnl_attr_nest_end(nlh, spec);
+	struct tcmsg *tcm = mnl_nlmsg_put_extra_header(nlh, sizeof(*tcm));
+	tcm->tcm_family = AF_UNSPEC;
+	tcm->tcm_ifindex = ifindex;
+	tcm->tcm_handle = handle;
+	tcm->tcm_parent = parent ? parent : TC_H_ROOT;
+	if (kind)
+		mnl_attr_put_strz(nlh, TCA_KIND, kind);
+	if (opts && opts_len)
+		mnl_attr_put(nlh, TCA_OPTIONS, opts_len, opts);
 	return msg_end(b, nlh);
 }
 

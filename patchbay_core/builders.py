@@ -19,9 +19,6 @@ if TYPE_CHECKING:
     from .handles import Device, Router
     from .lab import Lab
 
-RouterRef = "Router | str"
-
-
 @dataclass
 class RouterSettings:
     """What a RouterBuilder collected (None: not asked)."""
@@ -102,7 +99,9 @@ class RouterBuilder:
         self.settings.isolated = True
         return self
 
-    def port_forward(self, proto: str, port: int, device: Device | str, device_port: int | None = None) -> RouterBuilder:
+    def port_forward(
+        self, proto: str, port: int, device: Device | str, device_port: int | None = None
+    ) -> RouterBuilder:
         self.settings.port_forwards.append((proto, port, device, device_port))
         return self
 

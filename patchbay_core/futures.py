@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from typing import TypeVar
 
 import sniffio
@@ -32,10 +33,8 @@ async def _wait_trio(fut: concurrent.futures.Future[T]) -> T:
     done = trio.Event()
 
     def wake(_: object) -> None:
-        try:
+        with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(done.set)
-        except trio.RunFinishedError:
-            pass
 
     fut.add_done_callback(wake)
     try:

@@ -59,30 +59,14 @@ class Macvlan:
 
 @dataclass(frozen=True, slots=True)
 class Bridge:
-    """A bridge. With vlan_filtering it is a VLAN-aware switch; new ports join no VLAN."""
+    """A bridge without STP delay or multicast snooping (it floods like a plain switch)."""
 
     name: str
     ifindex: int
     mtu: int = 0
-    vlan_filtering: bool = False
 
     def describe(self) -> str:
         return f"create bridge {self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeVlan:
-    """Make a bridge port (or, with on_bridge, the bridge's own interface) an untagged access
-    port of VLAN `vid`; add=False removes it from that VLAN."""
-
-    ifindex: int
-    label: str
-    vid: int
-    add: bool = True
-    on_bridge: bool = False
-
-    def describe(self) -> str:
-        return f"{'join' if self.add else 'leave'} VLAN {self.vid} on {self.label}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,4 +135,21 @@ class Route:
         return text
 
 
-NetOp = VethPair | Macvlan | Bridge | BridgeVlan | LinkSet | LinkDel | Addr | Route
+@dataclass(frozen=True, slots=True)
+class Qdisc:
+    """Add (or, add=False, delete) a qdisc; `options` is its raw TCA_OPTIONS payload."""
+
+    ifindex: int
+    label: str
+    kind: str
+    handle: int = 0
+    parent: int = 0
+    options: bytes = b""
+    add: bool = True
+    replace: bool = False
+
+    def describe(self) -> str:
+        return f"{'add' if self.add else 'delete'} qdisc {self.kind} on {self.label}"
+
+
+NetOp = VethPair | Macvlan | Bridge | LinkSet | LinkDel | Addr | Route | Qdisc

@@ -7,7 +7,7 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ class LabOutput:
         if outdir.exact_dir:
             path = outdir.path
         else:
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
             path = outdir.path / f"{stamp}-{_safe(label)}"
         path.mkdir(parents=True, exist_ok=True)
         self.path = path

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import anyio
+
 import patchbay_core as pb
 
 
@@ -26,7 +27,7 @@ async def tcp_echo_server(handle: pb.Device, port: int, ready: anyio.Event | Non
     """Serve one connection: echo until EOF."""
     listener = await anyio.create_tcp_listener(local_host=str(handle.ip), local_port=port)
     async with listener:
-        conn = await listener.accept()
+        conn = await listener.listeners[0].accept()
         async with conn:
             while True:
                 try:

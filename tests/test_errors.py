@@ -9,7 +9,6 @@ import pytest
 
 import patchbay_core as pb
 from patchbay_core.kernel import rtnl
-
 from tests.helpers import netns_inodes_of_process
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 from ..errors import NetlinkError
-from ..netops import Addr, Bridge, BridgeVlan, IPAddress, LinkDel, LinkSet, Macvlan, NetOp, Route, VethPair
+from ..netops import Addr, Bridge, IPAddress, LinkDel, LinkSet, Macvlan, NetOp, Qdisc, Route, VethPair
 from .native import errbuf, ffi, lib, rtnl_dump, text
 
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
@@ -27,13 +27,7 @@ def _put(batch: object, op: NetOp) -> int:
                 batch, op.name.encode(), op.ifindex, op.ns.fd, op.lower, op.mtu, op.mac or ffi.NULL
             )
         case Bridge():
-            return lib.pb_batch_bridge(  # type: ignore[no-any-return]
-                batch, op.name.encode(), op.ifindex, op.mtu, 1, int(op.vlan_filtering)
-            )
-        case BridgeVlan():
-            return lib.pb_batch_bridge_vlan(  # type: ignore[no-any-return]
-                batch, op.ifindex, op.vid, int(op.add), int(op.on_bridge)
-            )
+            return lib.pb_batch_bridge(batch, op.name.encode(), op.ifindex, op.mtu, 1)  # type: ignore[no-any-return]
         case LinkSet():
             up = -1 if op.up is None else int(op.up)
             master = -1 if op.master is None else op.master
@@ -53,6 +47,11 @@ def _put(batch: object, op: NetOp) -> int:
             via = op.via.packed if op.via is not None else ffi.NULL
             mode = 0 if not op.add else 2 if op.replace else 1
             return lib.pb_batch_route(batch, mode, family, dst, dst_len, via, op.oif, op.metric)  # type: ignore[no-any-return]
+        case Qdisc():
+            return lib.pb_batch_qdisc(  # type: ignore[no-any-return]
+                batch, int(op.add), int(op.replace), op.ifindex, op.handle, op.parent,
+                op.kind.encode(), op.options or ffi.NULL, len(op.options),
+            )
     raise TypeError(f"not a netlink op: {op!r}")
 
 

@@ -34,6 +34,7 @@ from .execution import NodeRuntime
 from .firewall import Firewall, FirewallConfig
 from .handles import Device, Ix, Router
 from .kernel.namespace import NetNs
+from .kernel.nsfactory import NamespaceFactory
 from .kernel.worker import KernelWorker
 from .link import LinkCondition
 from .nat import Nat, NatConfig, NatV6Mode
@@ -71,6 +72,7 @@ class Lab:
         self._pools = netplan.PoolCounters()
         self._ix = IxState(kind="ix", name="ix", id=0, router_slots=netplan.ix_router_slots())
         self._kernel: KernelWorker | None = None
+        self._factory: NamespaceFactory | None = None
         self._spawner: Spawner | None = None
         self._output: LabOutput | None = None
         self._ping_range = ping_group_range()
@@ -125,6 +127,7 @@ class Lab:
             raise
         self._ix.ns = ns
         self._ix.alive = True
+        self._factory = NamespaceFactory(self.label, ns.fd, netplan.base_sysctls(self._ping_range))
 
     async def close(self) -> None:
         """End everything of the lab. Safe to call twice."""
@@ -155,9 +158,15 @@ class Lab:
         if self._output is not None:
             self._output.close()
 
+    def _new_netns(self, node: str, sysctls: dict[str, str]) -> NetNs:
+        assert self._factory is not None
+        return self._factory.take(node, sysctls)
+
     def _teardown(self, nodes: list[NodeState]) -> None:
         """Close every namespace; wait until the kernel removed them: the IX holds nothing but
         its bridge (router ports and LAN lowers go when their router's namespace goes)."""
+        if self._factory is not None:
+            self._factory.close()
         for node in nodes:
             if node is not self._ix and node.ns is not None:
                 node.ns.close()
@@ -382,16 +391,20 @@ class Lab:
         """Kernel thread: the router's namespace, its uplink and LAN (made from the IX), its
         addresses and default route, the routes toward its pool, and its rules."""
         assert state.config is not None and state.lan is not None
-        ns = NetNs.create(state.name, netplan.forwarding_sysctls(self._ping_range))
+        ns = self._new_netns(state.name, netplan.forwarding_sysctls(self._ping_range))
         try:
+            # One batch for the IX (links, and the route toward our pool when the IX holds
+            # one), one for the router, one for each router up the chain holding a route.
             ix_ops = [*(state.uplink.ix_ops(ns) if state.uplink else []), *state.lan.ix_ops(ns)]
+            ix_ops += [netplan.pool_route(cidr, via) for owner, cidr, via in state.pool_routes if owner is self._ix]
             _ns(self._ix).apply(ix_ops)
             ops = [netplan.loopback_up(), *state.lan.router_ops()]
             if state.uplink is not None:
                 ops += state.uplink.node_ops(default_route=True)
             ns.apply(ops)
             for owner, cidr, via in state.pool_routes:
-                _ns(owner).apply([netplan.pool_route(cidr, via)])
+                if owner is not self._ix:
+                    _ns(owner).apply([netplan.pool_route(cidr, via)])
             rules = self._router_rules(state)
             if rules:
                 ns.nft(rules)
@@ -514,7 +527,7 @@ class Lab:
 
     def _make_device(self, state: DeviceState) -> None:
         """Kernel thread: the device's namespace and one macvlan per interface on its router's LAN."""
-        ns = NetNs.create(state.name, netplan.base_sysctls(self._ping_range))
+        ns = self._new_netns(state.name, netplan.base_sysctls(self._ping_range))
         try:
             _ns(self._ix).apply([op for iface in state.ifaces.values() for op in iface.attachment.ix_ops(ns)])
             ops = [netplan.loopback_up()]

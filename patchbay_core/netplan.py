@@ -156,22 +156,24 @@ def base_sysctls(ping_group_range: str) -> dict[str, str]:
 
 
 def forwarding_sysctls(ping_group_range: str) -> dict[str, str]:
-    """Routers and the IX forward packets and never tell hosts to route around them."""
+    """Routers forward, and drop nothing for arriving on an unexpected interface (new
+    namespaces may inherit a strict rp_filter from the host)."""
     return {
         **base_sysctls(ping_group_range),
         "net.ipv4.ip_forward": "1",
-        "net.ipv4.conf.all.send_redirects": "0",
-        "net.ipv4.conf.default.send_redirects": "0",
-        "net.ipv4.conf.all.accept_redirects": "0",
-        "net.ipv4.conf.default.accept_redirects": "0",
         "net.ipv4.conf.all.rp_filter": "0",
         "net.ipv4.conf.default.rp_filter": "0",
     }
 
 
 def ix_sysctls(ping_group_range: str) -> dict[str, str]:
-    """The IX forwards like a router."""
-    return forwarding_sysctls(ping_group_range)
+    """The IX forwards like a router, and never tells a router to go around it: routers share
+    its subnet, but traffic between them is meant to cross the IX (and later its region links)."""
+    return {
+        **forwarding_sysctls(ping_group_range),
+        "net.ipv4.conf.all.send_redirects": "0",
+        "net.ipv4.conf.default.send_redirects": "0",
+    }
 
 
 # ---- operations --------------------------------------------------------------------------

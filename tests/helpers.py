@@ -23,6 +23,12 @@ def netns_inodes_of_process() -> set[int]:
     return inodes
 
 
+def lab_netns_inodes(lab: pb.Lab) -> set[int]:
+    """Namespaces this process holds, minus the spares the lab's factory keeps ready."""
+    spares = lab._factory.spare_inodes() if lab._factory else set()
+    return netns_inodes_of_process() - spares
+
+
 async def tcp_echo_server(handle: pb.Device, port: int, ready: anyio.Event | None = None) -> None:
     """Serve one connection: echo until EOF."""
     listener = await anyio.create_tcp_listener(local_host=str(handle.ip), local_port=port)

@@ -9,7 +9,7 @@ import pytest
 
 import patchbay_core as pb
 from patchbay_core.kernel import rtnl
-from tests.helpers import netns_inodes_of_process
+from tests.helpers import lab_netns_inodes
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +75,7 @@ def _ix_link_names(lab: pb.Lab) -> set[str]:
 
 async def test_a_router_failing_in_the_kernel_leaves_nothing(lab: pb.Lab) -> None:
     await lab.add_router("dc").build()
-    before_ns = netns_inodes_of_process()
+    before_ns = lab_netns_inodes(lab)
     before_links = _ix_link_names(lab)
     # Sabotage: the pool route the next router needs already exists in the IX, so its build
     # fails after its namespace, links and addresses were made.
@@ -85,7 +85,7 @@ async def test_a_router_failing_in_the_kernel_leaves_nothing(lab: pb.Lab) -> Non
         await lab.add_router("broken").build()
     assert err.value.node == "ix" and "add route 198.18.2.0/24 via 198.18.0.11" in str(err.value)
     assert "File exists" in str(err.value)
-    assert netns_inodes_of_process() == before_ns
+    assert lab_netns_inodes(lab) == before_ns
     assert _ix_link_names(lab) == before_links
     assert [r.name for r in lab.routers()] == ["dc"]
     # The name, the IX address and the pool are free again.
@@ -99,14 +99,14 @@ async def test_a_router_failing_in_the_kernel_leaves_nothing(lab: pb.Lab) -> Non
 async def test_a_device_failing_in_the_kernel_leaves_nothing(lab: pb.Lab) -> None:
     a = await lab.add_router("a").build()
     b = await lab.add_router("b").build()
-    before_ns = netns_inodes_of_process()
+    before_ns = lab_netns_inodes(lab)
     # Sabotage: remove router b's LAN from the IX, so the device's second interface fails.
     lower = f"l{b.id}"
     proc = await lab.ix.spawn_command(["ip", "link", "del", lower], stderr=subprocess.PIPE)
     assert await proc.wait() == 0
     with pytest.raises(pb.NetlinkError, match=r"ix: create macvlan wlan0: No such device"):
         await lab.add_device("phone").iface("eth0", a).iface("wlan0", b).build()
-    assert netns_inodes_of_process() == before_ns
+    assert lab_netns_inodes(lab) == before_ns
     assert lab.devices() == []
     # Its address on router a was given back.
     other = await lab.add_device("other").iface("eth0", a).build()

@@ -58,8 +58,9 @@ int pb_batch_addr(struct pb_batch *b, int add, int family, int ifindex, const ui
  * gw may be NULL; oif 0 = none; metric 0 = none. */
 int pb_batch_route(struct pb_batch *b, int op, int family, const uint8_t *dst, int dst_len,
                    const uint8_t *gw, int oif, int metric);
-/* Send every message, read every ack. On failure returns the negative errno of the first
- * failed message and sets *failed_index to its position and `extack` to the kernel's text. */
+/* Send the messages (in rounds of 64), read every ack. On failure returns the negative errno
+ * of the first failed message and sets *failed_index to its position and `extack` to the
+ * kernel's text; the rest of that round was still processed, later rounds are not sent. */
 int pb_batch_send(struct pb_batch *b, int fd, int *failed_index, char *extack,
                   size_t extack_len);
 

@@ -1,6 +1,8 @@
 /* rtnetlink over libmnl: build many requests into one buffer, send them with as few
  * sendmsg(2) calls as possible, then read every ack and report the first failure by its
- * position in the batch, with the kernel's extended-ack text. */
+ * position in the batch, with the kernel's extended-ack text. The kernel processes every
+ * message of a sendmsg even after one fails; later rounds are not sent after a failure.
+ * Callers undo a failed batch at their level (a failed node's namespace is closed). */
 #define _GNU_SOURCE
 #include "patchbay.h"
 
@@ -384,7 +386,7 @@ int pb_batch_send(struct pb_batch *b, int fd, int *failed_index, char *extack,
 		int r = collect_acks(fd, first, last, failed_index, extack, extack_len, &first_err);
 		if (r)
 			return r;
-		/* Later messages usually depend on earlier ones: stop at the first failure. */
+		/* Later rounds usually depend on earlier ones: stop at the first failure. */
 		if (first_err)
 			break;
 	}

@@ -20,6 +20,7 @@ import resource
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
 from ipaddress import IPv4Network, ip_network
@@ -196,6 +197,11 @@ class Lab:
             raise PatchbayError(f"lab {self.label!r} is not started: use `async with Lab(...)` or Lab.create()")
         return self._kernel
 
+    def __del__(self) -> None:
+        if self._started and not self._closed:
+            warnings.warn(f"lab {self.label!r} was never closed: use `async with Lab(...)` or `await lab.close()`",
+                          ResourceWarning, stacklevel=1)
+
     # ---- public accessors ------------------------------------------------------------------
 
     def add_router(self, name: str) -> RouterBuilder:
@@ -249,6 +255,9 @@ class Lab:
                 raise
         state.alive = True
         self._event("router_added", state.name, **state.snapshot())
+        if state.uplink is not None:
+            self._event("iface_added", state.name, iface=state.uplink.iface, ip=str(state.uplink.ip),
+                        upstream=state.parent.name if state.parent else "ix")
         self._write_state()
         return Router(self, state)
 
@@ -470,6 +479,9 @@ class Lab:
                 raise
         state.alive = True
         self._event("device_added", state.name, **state.snapshot())
+        for iface in state.ifaces.values():
+            self._event("iface_added", state.name, iface=iface.name, ip=str(iface.ip), router=iface.router.name,
+                        default=iface.name == state.default_iface)
         self._write_state()
         return Device(self, state)
 

@@ -29,10 +29,10 @@ int pb_open_thread_netns(void)
 	return fd < 0 ? -errno : fd;
 }
 
-static int rtnl_socket_here(void)
+static int netlink_socket_here(int protocol)
 {
 	int one = 1, rcvbuf = 1 << 20;
-	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
 	if (fd < 0)
 		return -errno;
 	struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
@@ -95,7 +95,7 @@ int pb_netns_new(int home_fd, const char *sysctls, int *ns_fd_out, int *rtnl_fd_
 		snprintf(err, errlen, "open /proc/thread-self/ns/net: %s", strerror(errno));
 		goto out;
 	}
-	rtnl_fd = rtnl_socket_here();
+	rtnl_fd = netlink_socket_here(NETLINK_ROUTE);
 	if (rtnl_fd < 0) {
 		ret = rtnl_fd;
 		snprintf(err, errlen, "rtnetlink socket: %s", strerror(-ret));
@@ -155,11 +155,11 @@ int pb_sysctl_read(int ns_fd, int home_fd, const char *path, char *out, size_t o
 	return ret;
 }
 
-int pb_rtnl_socket_in(int ns_fd, int home_fd)
+int pb_netlink_socket_in(int ns_fd, int home_fd, int protocol)
 {
 	if (setns(ns_fd, CLONE_NEWNET))
 		return -errno;
-	int fd = rtnl_socket_here();
+	int fd = netlink_socket_here(protocol);
 	if (setns(home_fd, CLONE_NEWNET)) {
 		if (fd >= 0)
 			close(fd);

@@ -56,7 +56,7 @@ static char *dup_or_null(const char *s)
 }
 
 int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int json,
-	       char **out, char **errmsg)
+	       int dry_run, char **out, char **errmsg)
 {
 	int ret;
 	*out = NULL;
@@ -72,7 +72,9 @@ int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int js
 	unsigned int flags = nft_ctx_output_get_flags(n->ctx);
 	if (json)
 		nft_ctx_output_set_flags(n->ctx, flags | NFT_CTX_OUTPUT_JSON);
+	nft_ctx_set_dry_run(n->ctx, dry_run != 0);
 	ret = nft_run_cmd_from_buffer(n->ctx, cmd) ? -EINVAL : 0;
+	nft_ctx_set_dry_run(n->ctx, false);
 	nft_ctx_output_set_flags(n->ctx, flags);
 	*out = dup_or_null(nft_ctx_get_output_buffer(n->ctx));
 	*errmsg = dup_or_null(nft_ctx_get_error_buffer(n->ctx));

@@ -23,7 +23,8 @@ int pb_netns_new(int home_fd, const char *sysctls, int *ns_fd_out, int *rtnl_fd_
                  char *err, size_t errlen);
 int pb_sysctl_write(int ns_fd, int home_fd, const char *sysctls, char *err, size_t errlen);
 int pb_sysctl_read(int ns_fd, int home_fd, const char *path, char *out, size_t outlen);
-int pb_rtnl_socket_in(int ns_fd, int home_fd);
+/* A netlink socket (NETLINK_ROUTE 0, NETLINK_NETFILTER 12, ...) bound inside ns_fd. */
+int pb_netlink_socket_in(int ns_fd, int home_fd, int protocol);
 
 /* ---- rtnetlink batches (rtnl.c) ---- */
 struct pb_batch;
@@ -69,14 +70,22 @@ int pb_batch_send(struct pb_batch *b, int fd, int *failed_index, char *extack,
 int pb_rtnl_dump(int fd, int msg_type, int family, uint8_t **out, size_t *out_len);
 void pb_free(void *p);
 
+/* ---- conntrack through ctnetlink (rtnl.c), on a NETLINK_NETFILTER socket ---- */
+/* Every conntrack entry of `family` (AF_INET, or 0 for all): answer messages concatenated,
+ * malloc'd, freed with pb_free. */
+int pb_ct_dump(int fd, int family, uint8_t **out, size_t *out_len);
+/* Delete every conntrack entry of `family` (0: all). */
+int pb_ct_flush(int fd, int family);
+
 /* ---- nftables through libnftables (nft.c) ---- */
 struct pb_nft;
 struct pb_nft *pb_nft_new(int ns_fd, int home_fd);
 void pb_nft_free(struct pb_nft *n);
-/* Run nft command text as one transaction inside ns_fd. *out and *errmsg are malloc'd copies
- * of nft's output and error text (either may be NULL); free them with pb_free. */
+/* Run nft command text as one transaction inside ns_fd (dry_run: check it, change nothing).
+ * *out and *errmsg are malloc'd copies of nft's output and error text (either may be NULL);
+ * free them with pb_free. */
 int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int json,
-               char **out, char **errmsg);
+               int dry_run, char **out, char **errmsg);
 
 /* ---- processes (proc.c) ---- */
 /* On the calling thread: unshare a PID namespace and fork its init, a reaper that exits

@@ -12,6 +12,8 @@
 #include <linux/if_link.h>
 #include <linux/neighbour.h>
 #include <linux/pkt_sched.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
@@ -393,7 +395,9 @@ int pb_batch_send(struct pb_batch *b, int fd, int *failed_index, char *extack,
 	return first_err;
 }
 
-int pb_rtnl_dump(int fd, int msg_type, int family, uint8_t **out, size_t *out_len)
+/* Send a dump request whose body is `hdr` and collect every answer until NLMSG_DONE. */
+static int dump_request(int fd, int msg_type, const void *hdr, size_t hdr_len, uint8_t **out,
+			size_t *out_len)
 {
 	char req[64];
 	struct nlmsghdr *nlh = mnl_nlmsg_put_header(req);
@@ -401,8 +405,7 @@ int pb_rtnl_dump(int fd, int msg_type, int family, uint8_t **out, size_t *out_le
 	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
 	uint32_t seq = (uint32_t)time(NULL) ^ 0x5eed;
 	nlh->nlmsg_seq = seq;
-	struct rtgenmsg *g = mnl_nlmsg_put_extra_header(nlh, sizeof(struct ifinfomsg));
-	g->rtgen_family = (uint8_t)family;
+	memcpy(mnl_nlmsg_put_extra_header(nlh, hdr_len), hdr, hdr_len);
 	struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
 	if (sendto(fd, req, nlh->nlmsg_len, 0, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 		return -errno;
@@ -449,5 +452,47 @@ int pb_rtnl_dump(int fd, int msg_type, int family, uint8_t **out, size_t *out_le
 			}
 			m = mnl_nlmsg_next(m, &left);
 		}
+	}
+}
+
+int pb_rtnl_dump(int fd, int msg_type, int family, uint8_t **out, size_t *out_len)
+{
+	struct ifinfomsg hdr = {.ifi_family = (unsigned char)family};
+	return dump_request(fd, msg_type, &hdr, sizeof(hdr), out, out_len);
+}
+
+int pb_ct_dump(int fd, int family, uint8_t **out, size_t *out_len)
+{
+	struct nfgenmsg hdr = {.nfgen_family = (uint8_t)family, .version = NFNETLINK_V0};
+	return dump_request(fd, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, &hdr, sizeof(hdr),
+			    out, out_len);
+}
+
+int pb_ct_flush(int fd, int family)
+{
+	char req[64];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(req);
+	nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	nlh->nlmsg_seq = 1;
+	struct nfgenmsg *g = mnl_nlmsg_put_extra_header(nlh, sizeof(*g));
+	g->nfgen_family = (uint8_t)family;
+	g->version = NFNETLINK_V0;
+	struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+	if (sendto(fd, req, nlh->nlmsg_len, 0, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return -errno;
+	char rbuf[4096];
+	for (;;) {
+		ssize_t n = recv(fd, rbuf, sizeof(rbuf), 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		const struct nlmsghdr *m = (const struct nlmsghdr *)rbuf;
+		int left = (int)n;
+		for (; mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left))
+			if (m->nlmsg_type == NLMSG_ERROR)
+				return ((const struct nlmsgerr *)mnl_nlmsg_get_payload(m))->error;
 	}
 }

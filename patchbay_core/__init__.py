@@ -8,6 +8,7 @@
 """
 
 from .builders import DeviceBuilder, RouterBuilder
+from .diagnostics import MappingEntry
 from .errors import (
     KernelFeatureMissing,
     NetlinkError,
@@ -47,6 +48,7 @@ __all__ = [
     "LabOpts",
     "LinkCondition",
     "LinkLimits",
+    "MappingEntry",
     "Nat",
     "NatConfig",
     "NatFiltering",

@@ -21,7 +21,10 @@ from .reflector import Reflector, start_reflector
 from .topology import DeviceState, IxState, NodeState, RouterState
 
 if TYPE_CHECKING:
+    from .diagnostics import MappingEntry
+    from .firewall import Firewall, FirewallConfig
     from .lab import Lab
+    from .nat import Nat, NatConfig
 
 T = TypeVar("T")
 
@@ -189,6 +192,34 @@ class Router(NodeHandle):
                 return iface
         known = ", ".join(i.name for i in self.interfaces())
         raise TopologyError(f"no interface {name!r} (has: {known})", node=self._state.name)
+
+    async def set_nat_mode(self, nat: Nat | NatConfig | str) -> None:
+        """Swap the NAT (new flows only; `flush_nat_state()` drops existing mappings)."""
+        await self._lab._router_set_nat(self._alive(), nat)  # type: ignore[arg-type]
+
+    async def set_firewall(self, firewall: Firewall | FirewallConfig | str) -> None:
+        await self._lab._router_set_firewall(self._alive(), firewall)  # type: ignore[arg-type]
+
+    async def flush_nat_state(self) -> None:
+        """Forget every NAT mapping and conntrack entry of this router."""
+        await self._lab._router_flush_nat(self._alive())  # type: ignore[arg-type]
+
+    async def nat_mappings(self) -> list[MappingEntry]:
+        """The router's NAT mappings, live from conntrack and the NAT's mapping state."""
+        return await self._lab._router_mappings(self._alive())  # type: ignore[arg-type]
+
+    async def counters(self) -> dict[str, int]:
+        """Packets counted by the router's named nft rules (e.g. "nat.inbound_dropped")."""
+        return await self._lab._router_counters(self._alive())  # type: ignore[arg-type]
+
+    async def add_port_forward(
+        self, proto: str, port: int, device: Device | str, device_port: int | None = None
+    ) -> None:
+        """Unsolicited `proto` traffic to the router's WAN `port` goes to `device` (any filtering)."""
+        await self._lab._router_add_forward(self._alive(), proto, port, device, device_port)  # type: ignore[arg-type]
+
+    async def remove_port_forward(self, proto: str, port: int) -> None:
+        await self._lab._router_remove_forward(self._alive(), proto, port)  # type: ignore[arg-type]
 
     def interfaces(self) -> list[RouterIface]:
         state = self._alive()

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import itertools
 import logging
+import os
 import resource
 import subprocess
 import threading
@@ -23,13 +24,16 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from ipaddress import IPv4Network, ip_network
+from pathlib import Path
 from typing import Any
 
 import anyio
 
-from . import netplan
+from . import diagnostics, netplan, router_rules
 from .builders import DeviceBuilder, RouterBuilder
+from .diagnostics import MappingEntry
 from .errors import NetlinkError, PatchbayError, TopologyError
 from .execution import NodeRuntime
 from .firewall import Firewall, FirewallConfig
@@ -43,11 +47,19 @@ from .netops import LinkDel
 from .netplan import AddressPool, IxPort, Lan, LanPlug, PoolExhausted, Uplink
 from .opts import LabOpts
 from .outdir import LabOutput
-from .plugins import lookup_preset, plugin_manager
+from .plugins import lookup_preset
 from .processes import Spawner
 from .routers import IpSupport, Pool, RouterPreset, RouterSpec
-from .rules import RuleContext
-from .topology import DeviceIfaceState, DeviceState, IxState, NodeState, RouterConfig, RouterState
+from .rules import PortForward, RuleContext
+from .topology import (
+    DeviceIfaceState,
+    DeviceState,
+    ForwardState,
+    IxState,
+    NodeState,
+    RouterConfig,
+    RouterState,
+)
 from .userns import ping_group_range
 
 log = logging.getLogger(__name__)
@@ -274,25 +286,28 @@ class Lab:
         nat_v6 = s.nat_v6 or spec.nat_v6 or NatV6Mode.NONE
         if nat_v6 is not NatV6Mode.NONE:
             raise TopologyError("IPv6 NAT modes are not available yet", node=name, field="nat_v6")
-        pool_kind = s.pool or spec.pool
-        public = pool_kind is Pool.PUBLIC if pool_kind is not None else nat is None
+        # The pool: asked for, else the preset's, else the NAT model's, else public unless NATed.
+        pool = s.pool or spec.pool or (nat.downstream_pool if nat else None) or (Pool.PRIVATE if nat else Pool.PUBLIC)
         mtu = _check_mtu(s.mtu, name)
         if s.region is not None:
             raise TopologyError("regions are not available yet", node=name, field="region")
         downlink = _check_condition(s.downlink_condition, name, "downlink_condition")
-        if s.port_forwards:
-            raise TopologyError("port forwarding needs NAT support, which is not available yet",
-                                node=name, field="port_forward")
+        forwards = {}
+        for proto, port, device, device_port in s.port_forwards:
+            fwd = _check_forward(proto, port, device, device_port, name)
+            if (fwd.proto, fwd.port) in forwards:
+                raise TopologyError(f"{proto} port {port} is forwarded twice", node=name, field="port_forward")
+            forwards[(fwd.proto, fwd.port)] = fwd
         if s.isolated and s.upstream is not None:
             raise TopologyError("an isolated router has no upstream; drop .isolated() or .upstream()",
                                 node=name, field="upstream")
         parent = self._resolve_router(s.upstream, name, "upstream") if s.upstream is not None else None
 
-        cidr = self._pick_downstream_cidr(s.downstream_cidr, public, name)
+        cidr = self._pick_downstream_cidr(s.downstream_cidr, pool, name)
         state = RouterState(
-            kind="router", name=name, id=next(self._ids), parent=parent,
+            kind="router", name=name, id=next(self._ids), parent=parent, forwards=forwards,
             config=RouterConfig(
-                nat=nat, nat_v6=nat_v6, firewall=firewall, ip_support=ip_support, public_pool=public,
+                nat=nat, nat_v6=nat_v6, firewall=firewall, ip_support=ip_support, pool=pool,
                 mtu=mtu, block_icmp_frag_needed=s.block_icmp_frag_needed, downlink_condition=downlink,
                 isolated=s.isolated,
             ),
@@ -320,13 +335,12 @@ class Lab:
         assert isinstance(spec, RouterSpec)
         return spec
 
-    def _pick_downstream_cidr(self, requested: IPv4Network | str | None, public: bool, node: str) -> IPv4Network:
+    def _pick_downstream_cidr(self, requested: IPv4Network | str | None, pool: Pool, node: str) -> IPv4Network:
         if requested is None:
             try:
-                return self._pools.next_cidr(public)
+                return self._pools.next_cidr(pool.value)
             except IndexError:
-                kind = "public" if public else "private"
-                raise TopologyError(f"no {kind} downstream pool left", node=node, field="pool") from None
+                raise TopologyError(f"no {pool.value} downstream pool left", node=node, field="pool") from None
         try:
             cidr = ip_network(str(requested))
         except ValueError as exc:
@@ -414,9 +428,10 @@ class Lab:
             for owner, cidr, via in state.pool_routes:
                 if owner is not self._ix:
                     _ns(owner).apply([netplan.pool_route(cidr, via)])
-            rules = self._router_rules(state)
-            if rules:
-                ns.nft(rules)
+            parts = self._rule_parts(state)
+            router_rules.apply(ns, parts)
+            ns.write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
+            state.tables = {part.table for part in parts}
         except BaseException:
             # Take back routes held elsewhere and the IX ends of our links now (they would go
             # with the namespace, but only once the kernel gets to it).
@@ -439,30 +454,164 @@ class Lab:
             links.append((state.lan.lower_ifindex, state.lan.lower_name))
         return links
 
-    def _router_rules(self, state: RouterState) -> str:
-        """nft text for the router: NAT and firewall from the plugins, plus core extras."""
-        cfg = state.config
-        assert cfg is not None and state.pool is not None
-        ctx = RuleContext(
-            router=state.name, wan_iface=state.uplink_name or "", lan_iface=netplan.LAN_IFACE,
+    def _rule_context(self, state: RouterState) -> RuleContext:
+        assert state.pool is not None
+        forwards = tuple(f for f in state.forwards.values() if f.device_ip is not None)
+        return RuleContext(
+            router=state.name, table="", wan_iface=state.uplink_name or "", lan_iface=netplan.LAN_IFACE,
             wan_ip=state.uplink.ip if state.uplink else None, lan_cidr=state.pool.cidr,
+            port_forwards=tuple(PortForward(f.proto, f.port, f.device_ip, f.device_port)  # type: ignore[arg-type]
+                                for f in forwards),
         )
-        hook = plugin_manager().hook
+
+    def _rule_parts(self, state: RouterState) -> list[router_rules.RulePart]:
+        """Every nft table the router needs now: NAT and firewall from plugins, core extras."""
+        cfg = state.config
+        assert cfg is not None
+        ctx = self._rule_context(state)
         parts = []
         if cfg.nat is not None:
-            text = hook.patchbay_nat_rules(config=cfg.nat, ctx=ctx)
-            if text is None:
-                raise TopologyError(f"no plugin generates rules for {cfg.nat}", node=state.name, field="nat")
-            parts.append(text)
+            parts.append(router_rules.nat_part(cfg.nat, ctx))
         if cfg.firewall is not None:
-            text = hook.patchbay_firewall_rules(config=cfg.firewall, ctx=ctx)
-            if text is None:
-                raise TopologyError(f"no plugin generates rules for {cfg.firewall}", node=state.name,
-                                    field="firewall")
-            parts.append(text)
+            parts.append(router_rules.firewall_part(cfg.firewall, ctx))
+        if state.uplink is not None and (cfg.nat is not None or state.forwards):
+            parts.append(router_rules.portfwd_part(ctx))
         if cfg.block_icmp_frag_needed:
-            parts.append(netplan.pmtu_blackhole_rules())
-        return "\n".join(parts)
+            parts.append(router_rules.pmtu_part())
+        return parts
+
+    # ---- routers at runtime ---------------------------------------------------------------
+
+    async def _router_set_nat(self, state: RouterState, value: Nat | NatConfig | str) -> None:
+        nat = _resolve_nat(value, state.name)
+        assert state.config is not None
+        old = state.config
+        with self._lock:
+            state.config = replace(old, nat=nat)
+            affected = [r for r in self._routers.values() if r is state or _is_below(r, state)]
+            new_routes = {r.name: self._plan_pool_routes(r) for r in affected}
+        try:
+            await self._check_open().run(self._reapply, state, {router_rules.NAT_TABLE, router_rules.PORTFWD_TABLE})
+        except BaseException:
+            state.config = old
+            raise
+        await self._check_open().run(self._reroute, affected, new_routes)
+        self._event("nat_changed", state.name, nat=_describe(nat))
+        self._write_state()
+
+    async def _router_set_firewall(self, state: RouterState, value: Firewall | FirewallConfig | str) -> None:
+        firewall = _resolve_firewall(value, state.name)
+        assert state.config is not None
+        old = state.config
+        state.config = replace(old, firewall=firewall)
+        try:
+            await self._check_open().run(self._reapply, state, {router_rules.FIREWALL_TABLE})
+        except BaseException:
+            state.config = old
+            raise
+        self._event("firewall_changed", state.name, firewall=_describe(firewall))
+        self._write_state()
+
+    async def _router_flush_nat(self, state: RouterState) -> None:
+        def flush() -> None:
+            self._reapply(state, {router_rules.NAT_TABLE})  # empties the mapping maps
+            _ns(state).flush_conntrack()
+
+        await self._check_open().run(flush)
+        self._event("nat_state_flushed", state.name)
+
+    def _reapply(self, state: RouterState, tables: set[str]) -> None:
+        """Kernel thread: replace `tables` of a router with what its config asks for now."""
+        assert state.config is not None
+        parts = [part for part in self._rule_parts(state) if part.table in tables]
+        router_rules.apply(_ns(state), parts, replace=tables & state.tables)
+        _ns(state).write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
+        state.tables = (state.tables - tables) | {part.table for part in parts}
+
+    def _reroute(self, routers: list[RouterState], new_routes: dict[str, list[Any]]) -> None:
+        """Kernel thread: make pool routes match each router's (new) NAT situation."""
+        for router in routers:
+            old, new = router.pool_routes, new_routes[router.name]
+            for owner, cidr, via in old:
+                if (owner, cidr, via) not in new:
+                    with contextlib.suppress(PatchbayError):
+                        _ns(owner).apply([netplan.pool_route(cidr, via, add=False)])
+            for owner, cidr, via in new:
+                if (owner, cidr, via) not in old:
+                    _ns(owner).apply([netplan.pool_route(cidr, via)])
+            router.pool_routes = new
+
+    async def _router_add_forward(self, state: RouterState, proto: str, port: int, device: Device | str,
+                                  device_port: int | None) -> None:
+        fwd = _check_forward(proto, port, device, device_port, state.name)
+        if (fwd.proto, fwd.port) in state.forwards:
+            raise TopologyError(f"{fwd.proto} port {fwd.port} is already forwarded", node=state.name,
+                                field="port_forward")
+        if state.uplink is None:
+            raise TopologyError("an isolated router has no WAN address to forward from", node=state.name,
+                                field="port_forward")
+        target = self._devices.get(fwd.device)
+        iface = next((i for i in target.ifaces.values() if i.router is state), None) if target else None
+        if target is None or not target.alive or iface is None:
+            raise TopologyError(f"device {fwd.device!r} has no interface on this router", node=state.name,
+                                field="port_forward")
+        fwd.device_ip = iface.ip
+        state.forwards[(fwd.proto, fwd.port)] = fwd
+        try:
+            await self._check_open().run(self._install_forward, state, fwd)
+        except BaseException:
+            del state.forwards[(fwd.proto, fwd.port)]
+            raise
+        self._event("port_forward_added", state.name, proto=fwd.proto, port=fwd.port, device=fwd.device,
+                    device_port=fwd.device_port)
+
+    def _install_forward(self, state: RouterState, fwd: ForwardState) -> None:
+        if router_rules.PORTFWD_TABLE not in state.tables:
+            self._reapply(state, {router_rules.PORTFWD_TABLE})
+            return
+        element = router_rules.forward_element(PortForward(fwd.proto, fwd.port, fwd.device_ip, fwd.device_port))  # type: ignore[arg-type]
+        _ns(state).nft(f"add element ip {router_rules.PORTFWD_TABLE} forwards {{ {element} }}")
+
+    async def _router_remove_forward(self, state: RouterState, proto: str, port: int) -> None:
+        fwd = state.forwards.get((str(proto).lower(), port))
+        if fwd is None:
+            known = ", ".join(f"{p}/{n}" for p, n in state.forwards) or "none"
+            raise TopologyError(f"no forward of {proto} port {port} (forwards: {known})", node=state.name,
+                                field="port_forward")
+
+        def remove() -> None:
+            if fwd.device_ip is not None and router_rules.PORTFWD_TABLE in state.tables:
+                element = router_rules.forward_element(PortForward(fwd.proto, fwd.port, fwd.device_ip, fwd.device_port))
+                _ns(state).nft(f"delete element ip {router_rules.PORTFWD_TABLE} forwards {{ {element} }}")
+
+        await self._check_open().run(remove)
+        del state.forwards[(fwd.proto, fwd.port)]
+        self._event("port_forward_removed", state.name, proto=fwd.proto, port=fwd.port)
+
+    async def _resolve_forwards_for(self, device: DeviceState) -> None:
+        """Forwards that named this device before it existed get its address now."""
+        for iface in device.ifaces.values():
+            router = iface.router
+            for fwd in router.forwards.values():
+                if fwd.device == device.name and fwd.device_ip is None and router.uplink is not None:
+                    fwd.device_ip = iface.ip
+                    await self._check_open().run(self._install_forward, router, fwd)
+
+    async def _router_mappings(self, state: RouterState) -> list[MappingEntry]:
+        return await self._check_open().run(diagnostics.nat_mappings, _ns(state))
+
+    async def _router_counters(self, state: RouterState) -> dict[str, int]:
+        return await self._check_open().run(router_rules.named_counters, _ns(state))
+
+    async def dump_diagnostics(self, path: str | os.PathLike[str]) -> Path:
+        """Write, for the IX and every router and device, one text file: addresses, links with
+        counters, routes, the nft ruleset with counters and the conntrack table."""
+        target = Path(path)
+        target.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            nodes = [n for n in (self._ix, *self._routers.values(), *self._devices.values()) if n.alive]
+        await self._check_open().run(diagnostics.write_all, nodes, target)
+        return target
 
     # ---- devices ---------------------------------------------------------------------------
 
@@ -478,6 +627,7 @@ class Lab:
                     self._unplan_device(state)
                 raise
         state.alive = True
+        await self._resolve_forwards_for(state)
         self._event("device_added", state.name, **state.snapshot())
         for iface in state.ifaces.values():
             self._event("iface_added", state.name, iface=iface.name, ip=str(iface.ip), router=iface.router.name,
@@ -629,6 +779,19 @@ class Lab:
             self._output.write_state(state)
 
 
+def _is_below(router: RouterState, ancestor: RouterState) -> bool:
+    parent = router.parent
+    while parent is not None:
+        if parent is ancestor:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _describe(value: object) -> object:
+    return None if value is None else {k: getattr(v, "value", v) for k, v in vars(value).items()}
+
+
 def _ns(node: NodeState) -> NetNs:
     assert node.ns is not None, node.name
     return node.ns
@@ -665,6 +828,17 @@ def _check_condition(value: LinkCondition | str | None, node: str, field: str) -
     if getattr(limits, "is_clean", False):
         return condition
     raise TopologyError("link impairments are not available yet (only clean links)", node=node, field=field)
+
+
+def _check_forward(proto: str, port: int, device: Device | str, device_port: int | None, node: str) -> ForwardState:
+    proto = str(proto).lower()
+    if proto not in ("tcp", "udp"):
+        raise TopologyError(f"port forwards are tcp or udp, not {proto!r}", node=node, field="port_forward")
+    for value in (port, device_port if device_port is not None else port):
+        if not isinstance(value, int) or not 1 <= value <= 65535:
+            raise TopologyError(f"port {value!r} is not in 1..65535", node=node, field="port_forward")
+    name = device.name if isinstance(device, Device) else str(device)
+    return ForwardState(proto, port, name, device_port if device_port is not None else port)
 
 
 def _check_mtu(mtu: int | None, node: str) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .routers import Pool
+
 
 class NatMapping(enum.Enum):
     """How external ports are chosen (RFC 4787 section 4.1)."""
@@ -28,7 +30,13 @@ class NatFiltering(enum.Enum):
 
 @dataclass(frozen=True)
 class NatConfig:
-    """One NAT behaviour. Timeouts are seconds (conntrack, set per router namespace)."""
+    """One NAT behaviour (RFC 4787). Timeouts are seconds: `udp_timeout` for UDP flows that
+    saw no reply yet, `udp_stream_timeout` for answered ones and the lifetime of a UDP mapping,
+    `tcp_established_timeout` for TCP (conntrack settings of the router's namespace).
+
+    `downstream_pool`: the address pool a router with this NAT gives its customers when the
+    router does not choose one (None: private). Carrier-grade NAT uses Pool.CGNAT.
+    """
 
     mapping: NatMapping = NatMapping.ENDPOINT_INDEPENDENT
     filtering: NatFiltering = NatFiltering.ADDRESS_AND_PORT_DEPENDENT
@@ -36,6 +44,7 @@ class NatConfig:
     udp_stream_timeout: int = 300
     tcp_established_timeout: int = 7200
     hairpin: bool = False
+    downstream_pool: Pool | None = None
 
 
 class Nat(enum.Enum):

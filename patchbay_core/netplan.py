@@ -16,7 +16,6 @@ Plan (IPv4):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -35,8 +34,10 @@ IFNAMSIZ = 16  # including the terminating NUL: names have at most 15 bytes
 
 _PUBLIC_BASE = int(IPv4Address("198.18.0.0"))
 _PRIVATE_BASE = int(IPv4Address("10.0.0.0"))
+_CGNAT_BASE = int(IPv4Address("100.64.0.0"))
 _PUBLIC_POOLS = 511  # 198.18.1.0/24 .. 198.19.255.0/24
 _PRIVATE_POOLS = 65535  # 10.0.1.0/24 .. 10.255.255.0/24
+_CGNAT_POOLS = 16383  # 100.64.1.0/24 .. 100.127.255.0/24 (RFC 6598 shared address space)
 
 
 def public_pool_cidr(n: int) -> IPv4Network:
@@ -51,6 +52,13 @@ def private_pool_cidr(n: int) -> IPv4Network:
     if not 1 <= n <= _PRIVATE_POOLS:
         raise IndexError(n)
     return IPv4Network((_PRIVATE_BASE + (n << 8), 24))
+
+
+def cgnat_pool_cidr(n: int) -> IPv4Network:
+    """The n-th carrier-grade NAT customer pool (n >= 1), in RFC 6598 space."""
+    if not 1 <= n <= _CGNAT_POOLS:
+        raise IndexError(n)
+    return IPv4Network((_CGNAT_BASE + (n << 8), 24))
 
 
 def check_ifname(name: str, *, node: str, field: str) -> None:
@@ -112,30 +120,24 @@ class AddressPool:
 
 @dataclass
 class PoolCounters:
-    """Which downstream pool the next router gets (public and private are counted apart)."""
+    """Which downstream pool the next router gets; each kind of pool is counted apart."""
 
-    public: int = 0
-    private: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
 
-    def next_cidr(self, public: bool) -> IPv4Network:
-        if public:
-            self.public += 1
-            return public_pool_cidr(self.public)
-        self.private += 1
-        return private_pool_cidr(self.private)
+    _KINDS = {"public": public_pool_cidr, "private": private_pool_cidr, "cgnat": cgnat_pool_cidr}
+
+    def next_cidr(self, kind: str) -> IPv4Network:
+        n = self.counts.get(kind, 0) + 1
+        cidr = self._KINDS[kind](n)  # IndexError when this kind is used up
+        self.counts[kind] = n
+        return cidr
 
     def release(self, cidr: IPv4Network) -> None:
         """Give back the most recent pool (a build that failed) so numbering stays dense."""
-        if self.public and cidr == public_pool_cidr(self.public):
-            self.public -= 1
-        elif self.private and cidr == private_pool_cidr(self.private):
-            self.private -= 1
-
-    def taken(self) -> Iterator[IPv4Network]:
-        for n in range(1, self.public + 1):
-            yield public_pool_cidr(n)
-        for n in range(1, self.private + 1):
-            yield private_pool_cidr(n)
+        for kind, make in self._KINDS.items():
+            n = self.counts.get(kind, 0)
+            if n and cidr == make(n):
+                self.counts[kind] = n - 1
 
 
 def ix_router_slots() -> AddressPool:

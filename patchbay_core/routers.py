@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .firewall import Firewall, FirewallConfig
-from .nat import Nat, NatConfig, NatV6Mode
+if TYPE_CHECKING:
+    from .firewall import Firewall, FirewallConfig
+    from .nat import Nat, NatConfig, NatV6Mode
 
 
 class IpSupport(enum.Enum):
@@ -16,10 +18,12 @@ class IpSupport(enum.Enum):
 
 
 class Pool(enum.Enum):
-    """Where a router's downstream addresses come from."""
+    """Where a router's downstream addresses come from: public (198.18.N.0/24), private
+    (10.0.N.0/24) or the carrier-grade NAT shared space of RFC 6598 (100.64.N.0/24)."""
 
     PUBLIC = "public"
     PRIVATE = "private"
+    CGNAT = "cgnat"
 
 
 class RouterPreset(enum.Enum):

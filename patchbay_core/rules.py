@@ -16,10 +16,16 @@ class PortForward:
 
 @dataclass(frozen=True)
 class RuleContext:
-    """A router as rule text sees it. Interface names are matched with `iifname`/`oifname`
-    (strings), never `iif`/`oif` (indexes resolved at load time)."""
+    """A router as rule text sees it.
+
+    `table`: the one table name the text must use (``table ip <table> { ... }``); the core
+    deletes tables of that name before applying new text, so a NAT or firewall can be swapped
+    at runtime. Interface names are matched with `iifname`/`oifname` (strings), never
+    `iif`/`oif` (indexes resolved at load time).
+    """
 
     router: str
+    table: str
     wan_iface: str
     lan_iface: str
     wan_ip: IPv4Address | None

@@ -14,7 +14,7 @@ from .kernel.namespace import FIRST_IFINDEX, NetNs
 from .link import LinkCondition
 from .nat import NatConfig, NatV6Mode
 from .netplan import AddressPool, Lan, LanPlug, Uplink
-from .routers import IpSupport
+from .routers import IpSupport, Pool
 
 if TYPE_CHECKING:
     from .execution import NodeRuntime
@@ -46,6 +46,17 @@ class IxState(NodeState):
     router_slots: AddressPool = field(default_factory=lambda: AddressPool(IPv4Network("0.0.0.0/32")))
 
 
+@dataclass
+class ForwardState:
+    """A port forward: `device_ip` is known once the device has an interface on the router."""
+
+    proto: str
+    port: int
+    device: str
+    device_port: int
+    device_ip: IPv4Address | None = None
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     """A router's effective settings after presets and builder calls."""
@@ -54,7 +65,7 @@ class RouterConfig:
     nat_v6: NatV6Mode
     firewall: FirewallConfig | None
     ip_support: IpSupport
-    public_pool: bool
+    pool: Pool
     mtu: int
     block_icmp_frag_needed: bool
     downlink_condition: LinkCondition | None
@@ -70,6 +81,8 @@ class RouterState(NodeState):
     # Routes other namespaces hold toward this router's pool: (owner, destination, via).
     pool_routes: list[tuple[NodeState, IPv4Network, IPv4Address]] = field(default_factory=list)
     children: list[NodeState] = field(default_factory=list)
+    forwards: dict[tuple[str, int], ForwardState] = field(default_factory=dict)
+    tables: set[str] = field(default_factory=set)  # nft tables applied in its namespace
 
     @property
     def pool(self) -> AddressPool | None:
@@ -94,7 +107,9 @@ class RouterState(NodeState):
             "nat": _describe(cfg.nat) if cfg else None,
             "firewall": _describe(cfg.firewall) if cfg else None,
             "ip_support": cfg.ip_support.value if cfg else None,
+            "pool": cfg.pool.value if cfg else None,
             "mtu": cfg.mtu if cfg else 0,
+            "port_forwards": [f"{f.proto}/{f.port} -> {f.device}:{f.device_port}" for f in self.forwards.values()],
         }
 
 

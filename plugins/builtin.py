@@ -1,21 +1,69 @@
-"""The built-in plugin: presets that ship with patchbay.
+"""The built-in plugin: the presets that ship with patchbay and the rule generators for them.
 
-Router presets that need no NAT come first (PUBLIC, PUBLIC_V4); the NAT and firewall
-presets and their rule generators join through the same hooks.
+NAT semantics are in `nat_rules.py`, firewalls in `firewall_rules.py`; this module only maps
+names to values and hooks to generators.
 """
 
 from __future__ import annotations
 
+from patchbay_core.firewall import Firewall, FirewallConfig
 from patchbay_core.hookspecs import hookimpl
 from patchbay_core.link import LinkLimits
+from patchbay_core.nat import Nat, NatConfig, NatFiltering, NatMapping, NatV6Mode
 from patchbay_core.routers import IpSupport, Pool, RouterSpec
+from patchbay_core.rules import RuleContext
+
+from .firewall_rules import firewall_ruleset
+from .nat_rules import nat_ruleset
+
+EIM = NatMapping.ENDPOINT_INDEPENDENT
+EDM = NatMapping.ADDRESS_AND_PORT_DEPENDENT
+
+
+@hookimpl
+def patchbay_nat_presets() -> dict[str, NatConfig]:
+    apdf = NatFiltering.ADDRESS_AND_PORT_DEPENDENT
+    eif = NatFiltering.ENDPOINT_INDEPENDENT
+    return {
+        # FritzBox, Unifi, TP-Link, OpenWRT: port-preserving EIM, port-restricted filtering.
+        Nat.HOME.value: NatConfig(mapping=EIM, filtering=apdf, udp_stream_timeout=300),
+        # Cisco ASA, Palo Alto, Fortinet: symmetric, random ports.
+        Nat.CORPORATE.value: NatConfig(mapping=EDM, filtering=apdf, udp_stream_timeout=120),
+        Nat.FULL_CONE.value: NatConfig(mapping=EIM, filtering=eif, udp_stream_timeout=300),
+        # AWS/Azure/GCP NAT gateways: symmetric, longer idle timeout.
+        Nat.CLOUD_NAT.value: NatConfig(mapping=EDM, filtering=apdf, udp_stream_timeout=350),
+        # Carrier-grade NAT: customers in RFC 6598 space, hairpin so they reach each other.
+        Nat.CGNAT.value: NatConfig(mapping=EIM, filtering=eif, udp_stream_timeout=300, hairpin=True,
+                                   downstream_pool=Pool.CGNAT),
+    }
+
+
+@hookimpl
+def patchbay_firewall_presets() -> dict[str, FirewallConfig]:
+    return {
+        Firewall.BLOCK_INBOUND.value: FirewallConfig(block_inbound=True),
+        # Web and DNS only: STUN and direct UDP are blocked, TURN over TLS on 443 is the way out.
+        Firewall.CORPORATE.value: FirewallConfig(block_inbound=True, allow_tcp_ports=(80, 443), allow_udp_ports=(53,)),
+        # Any TCP, but no UDP beyond DNS: QUIC is dead.
+        Firewall.CAPTIVE_PORTAL.value: FirewallConfig(block_inbound=True, allow_udp_ports=(53,)),
+    }
 
 
 @hookimpl
 def patchbay_router_presets() -> dict[str, RouterSpec]:
     return {
+        "home": RouterSpec(nat=Nat.HOME, firewall=Firewall.BLOCK_INBOUND, ip_support=IpSupport.DUAL_STACK,
+                           pool=Pool.PRIVATE),
         "public": RouterSpec(ip_support=IpSupport.DUAL_STACK, pool=Pool.PUBLIC),
         "public-v4": RouterSpec(ip_support=IpSupport.V4_ONLY, pool=Pool.PUBLIC),
+        "isp-cgnat": RouterSpec(nat=Nat.CGNAT, ip_support=IpSupport.DUAL_STACK, pool=Pool.CGNAT),
+        "isp-v6": RouterSpec(nat=Nat.NONE, nat_v6=NatV6Mode.NAT64, firewall=Firewall.BLOCK_INBOUND,
+                             ip_support=IpSupport.V6_ONLY, pool=Pool.PUBLIC),
+        "corporate": RouterSpec(nat=Nat.CORPORATE, firewall=Firewall.CORPORATE, ip_support=IpSupport.DUAL_STACK,
+                                pool=Pool.PRIVATE),
+        "hotel": RouterSpec(nat=Nat.CORPORATE, firewall=Firewall.CAPTIVE_PORTAL, ip_support=IpSupport.V4_ONLY,
+                            pool=Pool.PRIVATE),
+        "cloud": RouterSpec(nat=Nat.CLOUD_NAT, ip_support=IpSupport.DUAL_STACK, pool=Pool.PRIVATE),
     }
 
 
@@ -39,3 +87,13 @@ def patchbay_link_presets() -> dict[str, LinkLimits]:
         "challenging": LinkLimits(latency_ms=150, jitter_ms=50, loss_pct=3.0, loss_correlation_pct=50.0),
     }
     return presets
+
+
+@hookimpl
+def patchbay_nat_rules(config: NatConfig, ctx: RuleContext) -> str | None:
+    return nat_ruleset(config, ctx)
+
+
+@hookimpl
+def patchbay_firewall_rules(config: FirewallConfig, ctx: RuleContext) -> str | None:
+    return firewall_ruleset(config, ctx)

@@ -26,11 +26,13 @@ def test_pools_follow_the_plan() -> None:
 
 def test_pool_counters_count_public_and_private_apart() -> None:
     counters = netplan.PoolCounters()
-    assert counters.next_cidr(public=True) == IPv4Network("198.18.1.0/24")
-    assert counters.next_cidr(public=False) == IPv4Network("10.0.1.0/24")
-    assert counters.next_cidr(public=True) == IPv4Network("198.18.2.0/24")
+    assert counters.next_cidr("public") == IPv4Network("198.18.1.0/24")
+    assert counters.next_cidr("private") == IPv4Network("10.0.1.0/24")
+    assert counters.next_cidr("cgnat") == IPv4Network("100.64.1.0/24")
+    assert counters.next_cidr("public") == IPv4Network("198.18.2.0/24")
     counters.release(IPv4Network("198.18.2.0/24"))
-    assert counters.next_cidr(public=True) == IPv4Network("198.18.2.0/24")
+    assert counters.next_cidr("public") == IPv4Network("198.18.2.0/24")
+    assert netplan.cgnat_pool_cidr(256) == IPv4Network("100.65.0.0/24")
 
 
 def test_address_pool_hands_out_hosts_after_the_gateway_until_exhausted() -> None:

@@ -14,7 +14,7 @@ from patchbay_core.kernel.native import home_netns_fd, lib
 
 
 def rtnl_socket_in(ns_fd: int) -> int:
-    fd = lib.pb_rtnl_socket_in(ns_fd, home_netns_fd())
+    fd = lib.pb_netlink_socket_in(ns_fd, home_netns_fd(), 0)
     if fd < 0:
         raise OSError(-fd, os.strerror(-fd))
     return int(fd)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from ..netops import NetOp
-from . import native, rtnl
+from . import conntrack, native, rtnl
 
 # Interface indexes we hand out ourselves, so one batch can create a link and configure it.
 # Start well above what a fresh namespace may already hold (lo, fallback tunnel devices).
@@ -17,7 +17,7 @@ class NetNs:
     """One network namespace. Closing it drops our references; the kernel removes the
     namespace (and every link, route and rule in it) when the last reference goes."""
 
-    __slots__ = ("_next_ifindex", "_nft", "fd", "inode", "node", "rtnl_fd")
+    __slots__ = ("_ct_fd", "_next_ifindex", "_nft", "fd", "inode", "node", "rtnl_fd")
 
     def __init__(self, node: str, fd: int, rtnl_fd: int) -> None:
         self.node = node
@@ -25,6 +25,7 @@ class NetNs:
         self.rtnl_fd = rtnl_fd
         self.inode = os.fstat(fd).st_ino
         self._nft: native.NftContext | None = None
+        self._ct_fd = -1
         self._next_ifindex = FIRST_IFINDEX
 
     @classmethod
@@ -48,10 +49,21 @@ class NetNs:
     def read_sysctl(self, key: str) -> str:
         return native.sysctl_read(self.fd, key, self.node)
 
-    def nft(self, command: str, *, json: bool = False) -> str:
+    def nft(self, command: str, *, json: bool = False, check_only: bool = False) -> str:
         if self._nft is None:
             self._nft = native.NftContext(self.fd, self.node)
-        return self._nft.run(self.fd, command, json=json)
+        return self._nft.run(self.fd, command, json=json, check_only=check_only)
+
+    def _ctnetlink(self) -> int:
+        if self._ct_fd < 0:
+            self._ct_fd = native.netlink_socket_in(self.fd, conntrack.NETLINK_NETFILTER, self.node)
+        return self._ct_fd
+
+    def conntrack(self) -> list[conntrack.ConntrackEntry]:
+        return conntrack.dump(self._ctnetlink(), self.node)
+
+    def flush_conntrack(self) -> None:
+        conntrack.flush(self._ctnetlink(), self.node)
 
     def links(self) -> list[rtnl.LinkInfo]:
         return rtnl.dump_links(self.rtnl_fd, self.node)
@@ -70,7 +82,7 @@ class NetNs:
         if self._nft is not None:
             self._nft.close()
             self._nft = None
-        for fd in (self.rtnl_fd, self.fd):
+        for fd in (self._ct_fd, self.rtnl_fd, self.fd):
             if fd >= 0:
                 os.close(fd)
-        self.fd = self.rtnl_fd = -1
+        self.fd = self.rtnl_fd = self._ct_fd = -1

@@ -86,6 +86,13 @@ def sysctl_read(ns_fd: int, key: str, node: str) -> str:
     return text(out).strip()
 
 
+def netlink_socket_in(ns_fd: int, protocol: int, node: str) -> int:
+    fd = lib.pb_netlink_socket_in(ns_fd, home_netns_fd(), protocol)
+    if fd < 0:
+        raise NetlinkError(f"open netlink socket (protocol {protocol})", -fd, node=node)
+    return int(fd)
+
+
 def rtnl_dump(rtnl_fd: int, msg_type: int, family: int, node: str) -> bytes:
     out = ffi.new("uint8_t **")
     out_len = ffi.new("size_t *")
@@ -107,10 +114,12 @@ class NftContext:
         if self._ctx == ffi.NULL:
             raise NftError("open libnftables context", 12, node=node)
 
-    def run(self, ns_fd: int, command: str, *, json: bool = False) -> str:
+    def run(self, ns_fd: int, command: str, *, json: bool = False, check_only: bool = False) -> str:
+        """Run `command` as one transaction; check_only parses and validates without applying."""
         out = ffi.new("char **")
         err = ffi.new("char **")
-        rc = lib.pb_nft_run(self._ctx, ns_fd, home_netns_fd(), command.encode(), int(json), out, err)
+        rc = lib.pb_nft_run(self._ctx, ns_fd, home_netns_fd(), command.encode(), int(json), int(check_only),
+                            out, err)
         output = _take(out[0])
         message = _take(err[0])
         if rc:

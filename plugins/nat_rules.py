@@ -1,0 +1,190 @@
+"""nftables text for RFC 4787 NAT: every mapping x filtering combination, UDP and TCP.
+
+Linux conntrack alone keeps a translated tuple unique per destination, which is not
+endpoint-independent mapping: two hosts using one local port would share an external port
+(and steal each other's unsolicited inbound), and a host could get different external ports
+towards different servers. So the mapping state is explicit, in dynamic nft maps:
+
+- `owner`  external port -> internal ip:port. Every mapping's external port is here, which
+           keeps them unique, and unsolicited inbound finds its host through it.
+- `eim`    internal ip:port -> external port (endpoint-independent mapping).
+- `adm`    internal ip:port . remote ip -> external port (address-dependent mapping).
+- address-and-port-dependent ("symmetric") mapping needs no map: each new flow gets a
+  random port from conntrack (`snat ... random`), like a Linux `masquerade random`.
+- `seen_addr`  external port . remote ip: whom a mapping has sent to (address-dependent
+           filtering admits those remote addresses, any port).
+
+A new outbound flow (the only packets a nat chain sees) reuses its mapping, or takes its own
+port if no mapping owns it (port preservation), or the first free of a few nearby ports.
+Unsolicited inbound is DNATed to a mapping's owner only when the filtering mode admits it;
+everything else reaching the router's WAN dies in the input chain before conntrack confirms
+it, so a dropped probe never blocks a later hole punch. Address-and-port-dependent filtering
+is conntrack itself: only replies of existing flows come in.
+Mappings live `udp_stream_timeout` (UDP) or `tcp_established_timeout` (TCP) seconds after
+the last outbound packet (RFC 4787 REQ-6: outbound refresh).
+"""
+
+from __future__ import annotations
+
+from patchbay_core.nat import NatConfig, NatFiltering, NatMapping
+from patchbay_core.rules import RuleContext
+
+PROTOS = ("udp", "tcp")
+# Other ports tried, as XOR masks of the wanted port, when another mapping owns it.
+ALTERNATE_MASKS = (*range(1, 16), 0x10, 0x20, 0x40, 0x80, 0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000, 0x4000)
+MAP_SIZE = 65535
+
+
+def nat_ruleset(config: NatConfig, ctx: RuleContext) -> str:
+    if ctx.wan_ip is None:
+        # An isolated router has no outside to translate to.
+        return f"table ip {ctx.table} {{\n}}\n"
+    return _Generator(config, ctx).text()
+
+
+class _Generator:
+    def __init__(self, config: NatConfig, ctx: RuleContext) -> None:
+        self.c = config
+        self.ctx = ctx
+        self.wan = f'"{ctx.wan_iface}"'
+        self.lan = f'"{ctx.lan_iface}"'
+        self.w = str(ctx.wan_ip)
+        self.eim = config.mapping is NatMapping.ENDPOINT_INDEPENDENT
+        self.adm = config.mapping is NatMapping.ADDRESS_DEPENDENT
+        self.edm = config.mapping is NatMapping.ADDRESS_AND_PORT_DEPENDENT
+        self.admits_unsolicited = config.filtering is not NatFiltering.ADDRESS_AND_PORT_DEPENDENT
+        self.track_remotes = config.filtering is NatFiltering.ADDRESS_DEPENDENT or config.hairpin
+
+    def timeout(self, proto: str) -> int:
+        return self.c.udp_stream_timeout if proto == "udp" else self.c.tcp_established_timeout
+
+    def text(self) -> str:
+        lines = [f"table ip {self.ctx.table} {{"]
+        lines += self.sets()
+        lines += self.prerouting()
+        lines += self.postrouting()
+        lines += self.allocate()
+        lines += self.refresh()
+        lines += self.input()
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def sets(self) -> list[str]:
+        flags = f"flags dynamic,timeout; timeout {self.c.udp_stream_timeout}s; size {MAP_SIZE};"
+        out = [f"  map owner {{ type inet_proto . inet_service : ipv4_addr . inet_service; {flags} }}"]
+        if self.eim:
+            out.append(f"  map eim {{ type inet_proto . ipv4_addr . inet_service : inet_service; {flags} }}")
+        if self.adm:
+            key = "inet_proto . ipv4_addr . inet_service . ipv4_addr"
+            out.append(f"  map adm {{ type {key} : inet_service; {flags} }}")
+        if self.track_remotes:
+            out.append(f"  set seen_addr {{ type inet_proto . inet_service . ipv4_addr; {flags} }}")
+        reserved = sorted({f"{pf.proto} . {pf.port}" for pf in self.ctx.port_forwards})
+        elements = f" elements = {{ {', '.join(reserved)} }};" if reserved else ""
+        out.append(f"  set reserved {{ type inet_proto . inet_service;{elements} }}")
+        return out
+
+    def admit(self, remote: str) -> str | None:
+        """The match that lets unsolicited inbound from `remote` reach a mapping's owner."""
+        if self.c.filtering is NatFiltering.ENDPOINT_INDEPENDENT:
+            return "meta l4proto . th dport @owner"
+        if self.c.filtering is NatFiltering.ADDRESS_DEPENDENT:
+            return f"meta l4proto . th dport . {remote} @seen_addr"
+        return None
+
+    def prerouting(self) -> list[str]:
+        out = ["  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;"]
+        dnat = "dnat ip to meta l4proto . th dport map @owner"
+        inbound = self.admit("ip saddr")
+        if inbound:
+            out.append(f"    iifname {self.wan} ip daddr {self.w} meta l4proto {{ tcp, udp }} {inbound} "
+                       f'counter {dnat} comment "nat.inbound_admitted"')
+        if self.c.hairpin:
+            # From the LAN to our own address: filtered as if it came from outside, from us (the
+            # packet's destination is our address, so `ip daddr` names us as the remote).
+            hairpin = self.admit("ip daddr") or "meta l4proto . th dport . ip daddr @seen_addr"
+            out.append(f"    iifname {self.lan} ip daddr {self.w} meta l4proto {{ tcp, udp }} {hairpin} "
+                       f'counter {dnat} comment "nat.hairpin"')
+        out.append("  }")
+        return out
+
+    def postrouting(self) -> list[str]:
+        out = ["  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;",
+               f"    oifname {self.wan} ip saddr != {self.w} jump allocate"]
+        if self.c.hairpin:
+            out.append(f"    iifname {self.lan} oifname {self.lan} ct status dnat jump allocate")
+        out.append("  }")
+        return out
+
+    def allocate(self) -> list[str]:
+        """The first packet of a flow leaving through the NAT: find or make its mapping."""
+        out = ["  chain allocate {"]
+        for proto in PROTOS:
+            out += self.allocate_proto(proto)
+        out.append(f"    snat ip to {self.w}")  # ICMP and other protocols: conntrack picks ids
+        out.append("  }")
+        return out
+
+    def allocate_proto(self, proto: str) -> list[str]:
+        t = self.timeout(proto)
+        match = f"meta l4proto {proto}"
+        if self.edm:
+            # Symmetric: a random port for every flow (its owner is learnt after translation).
+            return [f'    {match} counter snat ip to {self.w} random comment "nat.{proto}.new_mapping"']
+        key = (f"meta l4proto . ip saddr . {proto} sport" if self.eim
+               else f"meta l4proto . ip saddr . {proto} sport . ip daddr")
+        table = "eim" if self.eim else "adm"
+        out = [f"    {match} {key} @{table} snat ip to {self.w} : {key} map @{table}"]
+        for mask in (0, *ALTERNATE_MASKS):
+            port = f"{proto} sport" if mask == 0 else f"{proto} sport ^ {mask:#x}"
+            name = "preserved" if mask == 0 else "moved"
+            out.append(
+                f"    {match} meta l4proto . {port} != @owner meta l4proto . {port} != @reserved "
+                f"update @{table} {{ {key} timeout {t}s : {port} }} "
+                f"update @owner {{ meta l4proto . {port} timeout {t}s : ip saddr . {proto} sport }} "
+                f'counter snat ip to {self.w} : {port} comment "nat.{proto}.mapping_{name}"'
+            )
+        # Every nearby port is taken: let conntrack pick one (never fails, rarely collides).
+        out.append(f'    {match} counter snat ip to {self.w} random comment "nat.{proto}.ports_crowded"')
+        return out
+
+    def refresh(self) -> list[str]:
+        """Outbound packets keep mappings alive and record whom they talked to."""
+        out = ["  chain refresh_out {", "    type filter hook postrouting priority srcnat + 10; policy accept;"]
+        for proto in PROTOS:
+            t = self.timeout(proto)
+            leaving = f"oifname {self.wan} ip saddr {self.w} meta l4proto {proto}"
+            if self.edm and (self.admits_unsolicited or self.c.hairpin):
+                # Symmetric mappings are made by conntrack; learn their owner here.
+                out.append(f"    {leaving} ct status snat update @owner {{ meta l4proto . {proto} sport timeout {t}s "
+                           f": ct original ip saddr . ct original proto-src }}")
+            else:
+                out.append(f"    {leaving} meta l4proto . {proto} sport @owner update @owner {{ meta l4proto . "
+                           f"{proto} sport timeout {t}s : ip saddr . {proto} sport }}")
+            if self.track_remotes:
+                out.append(f"    {leaving} update @seen_addr {{ meta l4proto . {proto} sport . "
+                           f"ct original ip daddr timeout {t}s }}")
+                if self.c.hairpin:
+                    out.append(f"    iifname {self.lan} oifname {self.lan} ct status dnat meta l4proto {proto} "
+                               f"update @seen_addr {{ meta l4proto . {proto} sport . ct original ip daddr "
+                               f"timeout {t}s }}")
+        out.append("  }")
+        if self.eim or self.adm:
+            table = "eim" if self.eim else "adm"
+            out += ["  chain refresh_in {", "    type filter hook forward priority -5; policy accept;"]
+            for proto in PROTOS:
+                key = (f"meta l4proto . ip saddr . {proto} sport" if self.eim
+                       else f"meta l4proto . ip saddr . {proto} sport . ip daddr")
+                out.append(f"    iifname {self.lan} meta l4proto {proto} {key} @{table} "
+                           f"update @{table} {{ {key} timeout {self.timeout(proto)}s : {proto} sport }}")
+            out.append("  }")
+        return out
+
+    def input(self) -> list[str]:
+        # Unsolicited TCP/UDP that no mapping admitted must not reach the router's own stack:
+        # it would be answered (RST, port unreachable) and its conntrack entry confirmed,
+        # taking the port from a later outbound flow.
+        return ["  chain input {", "    type filter hook input priority filter; policy accept;",
+                f"    iifname {self.wan} ct state new meta l4proto {{ tcp, udp }} counter drop "
+                f'comment "nat.inbound_dropped"',
+                "  }"]

@@ -151,6 +151,13 @@ class _Generator:
     def refresh(self) -> list[str]:
         """Outbound packets keep mappings alive and record whom they talked to."""
         out = ["  chain refresh_out {", "    type filter hook postrouting priority srcnat + 10; policy accept;"]
+        if self.admits_unsolicited:
+            # An admitted inbound flow whose host already talks to that remote endpoint
+            # through another mapping clashes with that flow inside; the kernel would then
+            # rewrite its source to the router's own address. A NAT never shows that: the
+            # host's answer would leave through its own mapping. Drop it before it is tracked.
+            out.append(f"    iifname {self.wan} oifname {self.lan} ct status dnat ct status snat counter drop "
+                       f'comment "nat.inbound_clash"')
         for proto in PROTOS:
             t = self.timeout(proto)
             leaving = f"oifname {self.wan} ip saddr {self.w} meta l4proto {proto}"

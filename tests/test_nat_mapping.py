@@ -1,0 +1,91 @@
+"""Mapping behaviour: what a server on the public side sees, for every NAT preset."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+import patchbay_core as pb
+from tests.natkit import WHOAMI_PORT, tcp_reflexive, udp_reflexive, whoami
+
+pytestmark = pytest.mark.anyio
+
+PRESETS = [pb.Nat.NONE, pb.Nat.HOME, pb.Nat.CORPORATE, pb.Nat.FULL_CONE, pb.Nat.CLOUD_NAT, pb.Nat.CGNAT]
+ENDPOINT_INDEPENDENT = {pb.Nat.NONE, pb.Nat.HOME, pb.Nat.FULL_CONE, pb.Nat.CGNAT}
+
+
+@pytest.mark.parametrize("vantage", ["ix", "public-isp", "cgnat-isp"])
+async def test_reflexive_address_for_every_preset(lab: pb.Lab, vantage: str) -> None:
+    dc = await lab.add_router("dc").build()
+    s1 = await lab.add_device("s1").iface("eth0", dc).build()
+    s2 = await lab.add_device("s2").iface("eth0", dc).build()
+    isp = None
+    if vantage == "public-isp":
+        isp = await lab.add_router("isp").build()
+    elif vantage == "cgnat-isp":
+        isp = await lab.add_router("isp").nat(pb.Nat.CGNAT).build()
+        assert isp.downstream_cidr.subnet_of(IPv4Network("100.64.0.0/10"))
+    nats = {}
+    for preset in PRESETS:
+        builder = lab.add_router(f"nat-{preset.value}").nat(preset)
+        if isp is not None:
+            builder = builder.upstream(isp)
+        router = await builder.build()
+        nats[preset] = (router, await lab.add_device(f"dev-{preset.value}").iface("eth0", router).build())
+
+    targets = [(str(s1.ip), WHOAMI_PORT), (str(s2.ip), WHOAMI_PORT)]
+    async with whoami(s1, s2):
+        for n, (preset, (router, dev)) in enumerate(nats.items()):
+            port = 20000 + n
+            for proto, probe in (("udp", udp_reflexive), ("tcp", tcp_reflexive)):
+                seen = await probe(dev, port, targets)
+                ips = {IPv4Address(ip) for ip, _ in seen}
+                if preset is pb.Nat.NONE:
+                    expected_ip = dev.ip if vantage != "cgnat-isp" else isp.uplink_ip  # type: ignore[union-attr]
+                elif vantage == "cgnat-isp":
+                    expected_ip = isp.uplink_ip  # type: ignore[union-attr]  # double NAT: the carrier's address
+                else:
+                    expected_ip = router.uplink_ip
+                assert ips == {expected_ip}, (preset, proto, seen)
+                ports = [p for _, p in seen]
+                if preset in ENDPOINT_INDEPENDENT:
+                    assert ports[0] == ports[1], (preset, proto, seen)
+                    if vantage != "cgnat-isp":
+                        assert ports[0] == port, (preset, proto, seen)  # port preserved where free
+                else:
+                    assert ports[0] != ports[1], (preset, proto, seen)
+
+
+async def test_two_devices_with_one_local_port_get_their_own_stable_ports(lab: pb.Lab) -> None:
+    dc = await lab.add_router("dc").build()
+    s1 = await lab.add_device("s1").iface("eth0", dc).build()
+    s2 = await lab.add_device("s2").iface("eth0", dc).build()
+    home = await lab.add_router("home").nat(pb.Nat.FULL_CONE).build()
+    a = await lab.add_device("a").iface("eth0", home).build()
+    b = await lab.add_device("b").iface("eth0", home).build()
+    targets = [(str(s1.ip), WHOAMI_PORT), (str(s2.ip), WHOAMI_PORT)]
+    async with whoami(s1, s2):
+        seen_a = await udp_reflexive(a, 40000, targets)
+        seen_b = await udp_reflexive(b, 40000, targets)
+        seen_a_again = await udp_reflexive(a, 40000, targets[::-1])
+    assert seen_a == [(str(home.uplink_ip), 40000)] * 2  # the first keeps its port
+    assert seen_b[0] == seen_b[1] and seen_b[0][1] != 40000  # the second gets another, stable one
+    assert seen_a_again == seen_a
+    mappings = await home.nat_mappings()
+    externals = {(m.internal, m.external) for m in mappings if m.proto == "udp"}
+    assert externals == {((a.ip, 40000), (home.uplink_ip, 40000)), ((b.ip, 40000), (home.uplink_ip, seen_b[0][1]))}
+
+
+async def test_address_dependent_mapping(lab: pb.Lab) -> None:
+    dc = await lab.add_router("dc").build()
+    s1 = await lab.add_device("s1").iface("eth0", dc).build()
+    s2 = await lab.add_device("s2").iface("eth0", dc).build()
+    adm = pb.NatConfig(mapping=pb.NatMapping.ADDRESS_DEPENDENT, filtering=pb.NatFiltering.ADDRESS_DEPENDENT)
+    nat = await lab.add_router("nat").nat(adm).build()
+    dev = await lab.add_device("dev").iface("eth0", nat).build()
+    async with whoami(s1, s2, ports=(WHOAMI_PORT, WHOAMI_PORT + 1)):
+        seen = await udp_reflexive(dev, 30000, [(str(s1.ip), WHOAMI_PORT), (str(s1.ip), WHOAMI_PORT + 1),
+                                                (str(s2.ip), WHOAMI_PORT)])
+    # The same remote address on another port keeps the mapping; another address gets a new one.
+    assert seen[0] == seen[1] and seen[2][1] != seen[0][1]

@@ -9,7 +9,10 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 struct pb_nft {
 	struct nft_ctx *ctx;
@@ -50,6 +53,31 @@ void pb_nft_free(struct pb_nft *n)
 	free(n);
 }
 
+/* Multi-line text runs from a memfd: libnftables 1.0.6 quotes the wrong line when an error
+ * is in buffer input, while file input gets "path:line:col" right. */
+static int run_text(struct nft_ctx *ctx, const char *cmd)
+{
+	if (!strchr(cmd, '\n'))
+		return nft_run_cmd_from_buffer(ctx, cmd) ? -EINVAL : 0;
+	int fd = memfd_create("patchbay-nft", MFD_CLOEXEC);
+	if (fd < 0)
+		return nft_run_cmd_from_buffer(ctx, cmd) ? -EINVAL : 0;
+	size_t len = strlen(cmd), off = 0;
+	while (off < len) {
+		ssize_t w = write(fd, cmd + off, len - off);
+		if (w < 0) {
+			close(fd);
+			return -errno;
+		}
+		off += (size_t)w;
+	}
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int ret = nft_run_cmd_from_filename(ctx, path) ? -EINVAL : 0;
+	close(fd);
+	return ret;
+}
+
 static char *dup_or_null(const char *s)
 {
 	return s && *s ? strdup(s) : NULL;
@@ -73,7 +101,7 @@ int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int js
 	if (json)
 		nft_ctx_output_set_flags(n->ctx, flags | NFT_CTX_OUTPUT_JSON);
 	nft_ctx_set_dry_run(n->ctx, dry_run != 0);
-	ret = nft_run_cmd_from_buffer(n->ctx, cmd) ? -EINVAL : 0;
+	ret = run_text(n->ctx, cmd);
 	nft_ctx_set_dry_run(n->ctx, false);
 	nft_ctx_output_set_flags(n->ctx, flags);
 	*out = dup_or_null(nft_ctx_get_output_buffer(n->ctx));

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping
 
@@ -121,7 +122,8 @@ class NftContext:
         rc = lib.pb_nft_run(self._ctx, ns_fd, home_netns_fd(), command.encode(), int(json), int(check_only),
                             out, err)
         output = _take(out[0])
-        message = _take(err[0])
+        # Text runs from a memfd (see csrc/nft.c); name its lines plainly.
+        message = re.sub(r"/proc/self/fd/\d+:", "line ", _take(err[0]))
         if rc:
             first_line = command.strip().splitlines()[0] if command.strip() else "(empty)"
             raise NftError(f"nft transaction starting {first_line!r}", -rc, node=self._node,

@@ -1,0 +1,87 @@
+"""NAT models from third-party plugins, and what happens when a plugin gets it wrong."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+
+import pytest
+
+import patchbay_core as pb
+from patchbay_core.plugins import plugin_manager
+from tests.helpers import lab_netns_inodes
+from tests.natkit import WHOAMI_PORT, udp_reflexive, whoami
+
+pytestmark = pytest.mark.anyio
+
+BROKEN = pb.NatConfig(udp_timeout=4242)  # the marker the broken plugin reacts to
+
+
+def _plugin() -> types.ModuleType:
+    module = types.ModuleType("tiny_nat_plugin")
+
+    @pb.hookimpl
+    def patchbay_nat_presets() -> dict[str, pb.NatConfig]:
+        # A "sticky" NAT: endpoint-independent mapping, address-dependent filtering.
+        return {"sticky": pb.NatConfig(mapping=pb.NatMapping.ENDPOINT_INDEPENDENT,
+                                       filtering=pb.NatFiltering.ADDRESS_DEPENDENT, udp_stream_timeout=90)}
+
+    @pb.hookimpl(tryfirst=True)
+    def patchbay_nat_rules(config: pb.NatConfig, ctx: pb.RuleContext) -> str | None:
+        if config == BROKEN:
+            return f"table ip {ctx.table} {{\n  chain postrouting {{ type nat hook postrouting priority srcnat; " \
+                   f"oifname {ctx.wan_iface} masquerade to nowhere; }}\n}}\n"
+        return None  # everything else: let the built-in plugin write the rules
+
+    module.patchbay_nat_presets = patchbay_nat_presets  # type: ignore[attr-defined]
+    module.patchbay_nat_rules = patchbay_nat_rules  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.fixture
+def tiny_plugin() -> Iterator[None]:
+    pm = plugin_manager()
+    pm.register(_plugin(), name="tiny_nat_plugin")
+    try:
+        yield
+    finally:
+        pm.unregister(name="tiny_nat_plugin")
+
+
+async def test_a_plugin_preset_is_used_by_name(lab: pb.Lab, tiny_plugin: None) -> None:
+    dc = await lab.add_router("dc").build()
+    srv = await lab.add_device("srv").iface("eth0", dc).build()
+    nat = await lab.add_router("nat").nat("sticky").build()
+    dev = await lab.add_device("dev").iface("eth0", nat).build()
+    async with whoami(srv):
+        (seen,) = await udp_reflexive(dev, 5000, [(str(srv.ip), WHOAMI_PORT)])
+    assert seen == (str(nat.uplink_ip), 5000)
+    mappings = await nat.nat_mappings()
+    assert [m for m in mappings if m.proto == "udp" and m.remote is None] == []
+    # Its timeout is the plugin's: the mapping lives 90 s.
+    owners = [m for m in mappings if m.proto == "udp"]
+    assert owners and all(m.expires_s is not None and m.expires_s <= 90 for m in owners)
+
+
+async def test_unknown_presets_list_the_known_ones_including_plugins(lab: pb.Lab, tiny_plugin: None) -> None:
+    with pytest.raises(pb.TopologyError) as err:
+        await lab.add_router("r").nat("hom").build()
+    message = str(err.value)
+    assert message.startswith("r.nat: unknown nat preset 'hom'; known: ")
+    assert "home" in message and "sticky" in message and "cgnat" in message
+    with pytest.raises(pb.TopologyError, match=r"r\.firewall: unknown firewall preset 'open'"):
+        await lab.add_router("r").firewall("open").build()
+
+
+async def test_rule_text_nft_rejects_names_the_plugin_and_leaves_nothing(lab: pb.Lab, tiny_plugin: None) -> None:
+    await lab.add_router("dc").build()
+    before = lab_netns_inodes(lab)
+    with pytest.raises(pb.NftError) as err:
+        await lab.add_router("bad").nat(BROKEN).build()
+    message = str(err.value)
+    assert "pb_nat rules written by tiny_nat_plugin" in message
+    assert "masquerade to nowhere" in message and "Error:" in message  # nft's own words
+    assert lab_netns_inodes(lab) == before
+    assert [r.name for r in lab.routers()] == ["dc"]
+    good = await lab.add_router("bad").nat(pb.Nat.HOME).build()
+    assert good.uplink_ip is not None

@@ -5,9 +5,10 @@
 (a) patchbay_core; (b) the same topology from `ip` subprocesses; (c) pyroute2 in setns-ed
 threads; (d) a minimal C program over libmnl doing the same netlink work (the floor);
 (e) Mininet's Python API building a star of N hosts, next to patchbay's star (one router, N
-devices). Teardown is timed until the kernel has removed the namespaces. Each variant runs in
-its own process, variants interleaved, median of --repeat runs. Prints a table and the
-ratios the project aims for.
+devices); and with every router a HOME NAT: (a-nat) patchbay_core, (b-nat) `ip` plus one
+`nft -f` per router with the same ruleset. Teardown is timed until the kernel has removed
+the namespaces. Each variant runs in its own process, variants interleaved, median of
+--repeat runs. Prints a table and the ratios the project aims for.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ VARIANTS = {
     "d": ("C floor (libmnl)", [str(HERE / "floor")]),
     "a*": ("patchbay_core star", [PYTHON, "-m", "variants.patchbay_lab", "--star"]),
     "e": ("Mininet star", ["unshare", "--net", SYSTEM_PYTHON, "-m", "variants.mininet_star"]),
+    "a-nat": ("patchbay_core HOME NAT", [PYTHON, "-m", "variants.patchbay_lab", "--nat"]),
+    "b-nat": ("ip + nft -f HOME NAT", [PYTHON, "-m", "variants.ip_subprocess", "--nat"]),
 }
 
 
@@ -51,7 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 200])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--variants", default="a,b,c,d,a*,e")
+    parser.add_argument("--variants", default="a,b,c,d,a*,e,a-nat,b-nat")
     args = parser.parse_args()
     chosen = args.variants.split(",")
     build_floor()
@@ -78,7 +81,7 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     for variant in chosen:
-        row = f"({variant}) {VARIANTS[variant][0]:<18}"
+        row = f"({variant}) {VARIANTS[variant][0]:<18}"[:22].ljust(22)
         for n in args.sizes:
             row += f"{median(variant, n, 0):>14.1f}{median(variant, n, 1):>10.1f}"
         print(row)
@@ -95,6 +98,8 @@ def main() -> int:
                     parts.append(f"{label} {ratio:.2f}x")
             if "e" in chosen and "a*" in chosen:
                 parts.append(f"Mininet star vs our star {median('e', n, 0) / median('a*', n, 0):.2f}x")
+            if "a-nat" in chosen and "b-nat" in chosen:
+                parts.append(f"HOME NAT: ip+nft vs ours {median('b-nat', n, 0) / median('a-nat', n, 0):.2f}x")
             print(f"  N={n}: " + ", ".join(parts))
     return 0
 

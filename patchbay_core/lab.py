@@ -414,7 +414,8 @@ class Lab:
         """Kernel thread: the router's namespace, its uplink and LAN (made from the IX), its
         addresses and default route, the routes toward its pool, and its rules."""
         assert state.config is not None and state.lan is not None
-        ns = self._new_netns(state.name, netplan.forwarding_sysctls(self._ping_range))
+        sysctls = {**netplan.forwarding_sysctls(self._ping_range), **router_rules.conntrack_sysctls(state.config.nat)}
+        ns = self._new_netns(state.name, sysctls)
         try:
             # One batch for the IX (links, and the route toward our pool when the IX holds
             # one), one for the router, one for each router up the chain holding a route.
@@ -430,7 +431,6 @@ class Lab:
                     _ns(owner).apply([netplan.pool_route(cidr, via)])
             parts = self._rule_parts(state)
             router_rules.apply(ns, parts)
-            ns.write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
             state.tables = {part.table for part in parts}
         except BaseException:
             # Take back routes held elsewhere and the IX ends of our links now (they would go
@@ -474,7 +474,7 @@ class Lab:
             parts.append(router_rules.nat_part(cfg.nat, ctx))
         if cfg.firewall is not None:
             parts.append(router_rules.firewall_part(cfg.firewall, ctx))
-        if state.uplink is not None and (cfg.nat is not None or state.forwards):
+        if state.uplink is not None and state.forwards:
             parts.append(router_rules.portfwd_part(ctx))
         if cfg.block_icmp_frag_needed:
             parts.append(router_rules.pmtu_part())
@@ -525,7 +525,8 @@ class Lab:
         assert state.config is not None
         parts = [part for part in self._rule_parts(state) if part.table in tables]
         router_rules.apply(_ns(state), parts, replace=tables & state.tables)
-        _ns(state).write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
+        if router_rules.NAT_TABLE in tables:
+            _ns(state).write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
         state.tables = (state.tables - tables) | {part.table for part in parts}
 
     def _reroute(self, routers: list[RouterState], new_routes: dict[str, list[Any]]) -> None:

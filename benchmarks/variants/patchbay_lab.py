@@ -1,4 +1,5 @@
-"""(a) patchbay_core: N routers each with one device, or (--star) one router with N devices."""
+"""(a) patchbay_core: N routers each with one device, or (--star) one router with N devices;
+with --nat every router is a HOME NAT."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def rss_kb() -> int:
     return 0
 
 
-async def main(n: int, star: bool) -> None:
+async def main(n: int, star: bool, nat: bool) -> None:
     lab = await pb.Lab.create(pb.LabOpts(label="bench"))
     rss_before = rss_kb()
     started = time.perf_counter()
@@ -28,7 +29,10 @@ async def main(n: int, star: bool) -> None:
             await lab.add_device(f"d{i}").iface("eth0", router).build()
     else:
         for i in range(n):
-            router = await lab.add_router(f"r{i}").build()
+            builder = lab.add_router(f"r{i}")
+            if nat:
+                builder = builder.nat(pb.Nat.HOME)
+            router = await builder.build()
             await lab.add_device(f"d{i}").iface("eth0", router).build()
     built = time.perf_counter()
     nodes = len(lab.routers()) + len(lab.devices())
@@ -40,4 +44,4 @@ async def main(n: int, star: bool) -> None:
 
 if __name__ == "__main__":
     sizes = [int(arg) for arg in sys.argv[1:] if arg.isdigit()]
-    anyio.run(main, sizes[0], "--star" in sys.argv)
+    anyio.run(main, sizes[0], "--star" in sys.argv, "--nat" in sys.argv)

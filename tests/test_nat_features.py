@@ -220,7 +220,7 @@ async def test_diagnostics(lab: pb.Lab, tmp_path: Path) -> None:
     assert udp[0].internal == (dev.ip, 4444) and udp[0].external == (nat.uplink_ip, mapped[1])
     assert udp[0].remote == (srv.ip, WHOAMI_PORT) and 0 < udp[0].expires_s <= 300
     counters = await nat.counters()
-    assert counters["nat.udp.mapping_preserved"] == 1
+    assert counters["nat.mapping_preserved"] == 1
     await lab.dump_diagnostics(tmp_path)
     report = (tmp_path / "router.nat.txt").read_text()
     assert "table ip pb_nat" in report and "table ip pb_fw" in report

@@ -1,6 +1,6 @@
 """`patchbay demo`: a small lab, a UDP and a TCP exchange, and a short report.
 
-A datacenter server and a laptop behind a home router that hangs off an ISP router.
+A datacenter server and a laptop behind a home NAT router that hangs off an ISP router.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import time
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from .handles import Device
 from .lab import Lab
 from .opts import LabOpts
+from .routers import RouterPreset
 
 UDP_PORT, TCP_PORT = 7000, 8000
 UDP_PROBES = 20
@@ -37,17 +39,18 @@ async def _udp_rtts(laptop: Device, server: Device) -> list[float]:
     return await laptop.spawn(probe)
 
 
-async def _tcp_transfer(laptop: Device, server: Device) -> tuple[int, float]:
-    async def serve(_: Device) -> int:
+async def _tcp_transfer(laptop: Device, server: Device) -> tuple[int, float, str]:
+    async def serve(_: Device) -> tuple[int, str]:
         listener = await anyio.create_tcp_listener(local_host=str(server.ip), local_port=TCP_PORT)
         async with listener:
             conn = await listener.listeners[0].accept()
+            peer = conn.extra(anyio.abc.SocketAttribute.remote_address)
             received = 0
             async with conn:
                 while received < TCP_BYTES:
                     received += len(await conn.receive())
                 await conn.send(b"done")
-            return received
+            return received, f"{peer[0]}:{peer[1]}"
 
     async def upload(_: Device) -> float:
         chunk = b"x" * 65536
@@ -62,12 +65,12 @@ async def _tcp_transfer(laptop: Device, server: Device) -> tuple[int, float]:
     result: dict[str, Any] = {}
     async with anyio.create_task_group() as tg:
         async def run_server() -> None:
-            result["received"] = await server.spawn(serve)
+            result["received"], result["peer"] = await server.spawn(serve)
 
         tg.start_soon(run_server)
         await anyio.sleep(0.1)
         result["seconds"] = await laptop.spawn(upload)
-    return result["received"], result["seconds"]
+    return result["received"], result["seconds"], result["peer"]
 
 
 async def run_demo(outdir: str | None = None) -> int:
@@ -76,10 +79,10 @@ async def run_demo(outdir: str | None = None) -> int:
 
     started = time.perf_counter()
     async with Lab(LabOpts(label="demo", outdir=outdir)) as lab:
-        say("building: dc router + server, isp router, home router behind it + laptop")
+        say("building: dc router + server, isp router, home NAT router behind it + laptop")
         dc = await lab.add_router("dc").build()
         isp = await lab.add_router("isp").build()
-        home = await lab.add_router("home").upstream(isp).build()
+        home = await lab.add_router("home").preset(RouterPreset.HOME).upstream(isp).build()
         server = await lab.add_device("server").iface("eth0", dc).build()
         laptop = await lab.add_device("laptop").iface("eth0", home).build()
         built = time.perf_counter() - started
@@ -91,18 +94,20 @@ async def run_demo(outdir: str | None = None) -> int:
         rtts = await _udp_rtts(laptop, server)
         await reflector.close()
         say(f"udp: {len(rtts)} datagrams echoed")
-        received, seconds = await _tcp_transfer(laptop, server)
+        received, seconds, seen_as = await _tcp_transfer(laptop, server)
         say(f"tcp: {received / 1e6:.1f} MB uploaded")
 
         print()
         print("patchbay demo report")
         print(f"  server  {server.ip} (behind dc, uplink {dc.uplink_ip})")
-        print(f"  laptop  {laptop.ip} (behind home {home.uplink_ip}, behind isp {isp.uplink_ip})")
+        print(f"  laptop  {laptop.ip} (behind home NAT {home.uplink_ip}, behind isp {isp.uplink_ip})")
+        print(f"  nat     the server saw the laptop as {seen_as}")
         print(f"  ping    {ping.received}/{ping.sent}, rtt {min(ping.rtts_ms, default=0):.2f} ms")
         print(f"  udp     {len(rtts)}/{UDP_PROBES} echoed, rtt median {sorted(rtts)[len(rtts) // 2]:.3f} ms")
         print(f"  tcp     {received / 1e6:.1f} MB in {seconds:.2f} s = {received * 8 / seconds / 1e9:.2f} Gbit/s")
         if lab.outdir:
             print(f"  events  {lab.outdir}/events.jsonl")
-        ok = ping.received == ping.sent and len(rtts) == UDP_PROBES and received == TCP_BYTES
+        ok = (ping.received == ping.sent and len(rtts) == UDP_PROBES and received == TCP_BYTES
+              and seen_as.startswith(f"{home.uplink_ip}:"))
     print(f"  lab built, used and torn down in {time.perf_counter() - started:.2f} s: {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1

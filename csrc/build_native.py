@@ -10,7 +10,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["netns.c", "rtnl.c", "nft.c", "proc.c", "userns.c"]
+SOURCES = ["netns.c", "rtnl.c", "nft.c", "proc.c", "userns.c", "wire.c"]
 
 
 def _cdef_text() -> str:
@@ -26,7 +26,7 @@ ffibuilder.set_source(
     '#include "patchbay.h"',
     sources=[str(Path("csrc") / name) for name in SOURCES],
     include_dirs=["csrc"],
-    libraries=["mnl", "nftables"],
+    libraries=["mnl", "nftables", "pthread"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
 )
 

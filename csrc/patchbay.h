@@ -49,6 +49,11 @@ int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, 
  * kind's TCA_OPTIONS payload as the kernel expects it (may be NULL). */
 int pb_batch_qdisc(struct pb_batch *b, int add, int replace, int ifindex, unsigned int handle,
                    unsigned int parent, const char *kind, const uint8_t *opts, size_t opts_len);
+/* A u32 filter at `parent` (e.g. clsact egress 0xFFFFFFF3) of priority `prio` redirecting to
+ * `target_ifindex`'s egress: every packet, or (ipv4_dst, 4 bytes) IPv4 packets to that address.
+ * add=0 deletes the filters of that priority. */
+int pb_batch_redirect(struct pb_batch *b, int add, int ifindex, unsigned int parent, int prio,
+                      const uint8_t *ipv4_dst, int target_ifindex);
 /* up/down: 1 up, 0 down, -1 unchanged; mtu 0 unchanged; master -1 unchanged, 0 release. */
 int pb_batch_link_set(struct pb_batch *b, int ifindex, int up, int mtu, int master);
 int pb_batch_link_del(struct pb_batch *b, int ifindex);
@@ -86,6 +91,32 @@ void pb_nft_free(struct pb_nft *n);
  * free them with pb_free. */
 int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int json,
                int dry_run, char **out, char **errmsg);
+
+/* ---- the wire: a userspace link emulator (wire.c) ---- */
+struct pb_wire_params {
+    uint32_t latency_us;
+    uint32_t jitter_us;
+    uint32_t loss_ppm;
+    uint32_t loss_corr_ppm;
+    uint32_t reorder_ppm;
+    uint32_t duplicate_ppm;
+    uint32_t corrupt_ppm;
+    uint32_t queue_ms;     /* the bottleneck's queue, in time at rate_bps; beyond it: drop */
+    uint64_t rate_bps;     /* 0: no bottleneck */
+};
+struct pb_wire_stats {
+    uint64_t rx, tx, dropped_loss, dropped_queue, duplicated, corrupted, reordered, send_errors, queued;
+};
+struct pb_wire;
+/* A wire inside ns_fd: a TAP named tap_name to read from, an AF_PACKET socket sending out of
+ * out_ifindex, a thread. Packets flow once a filter redirects them to the TAP. */
+struct pb_wire *pb_wire_new(int ns_fd, int home_fd, const char *tap_name, int out_ifindex,
+                            uint64_t seed, char *err, size_t errlen);
+int pb_wire_tap_ifindex(struct pb_wire *w);
+void pb_wire_set(struct pb_wire *w, const struct pb_wire_params *p);
+void pb_wire_stats(struct pb_wire *w, struct pb_wire_stats *out);
+/* Stops the thread after sending what it still holds; the TAP goes with its fd. */
+void pb_wire_free(struct pb_wire *w);
 
 /* ---- processes (proc.c) ---- */
 /* On the calling thread: unshare a PID namespace and fork its init, a reaper that exits

@@ -9,9 +9,13 @@
 #include <errno.h>
 #include <libmnl/libmnl.h>
 #include <linux/if.h>
+#include <linux/if_ether.h>
 #include <linux/if_link.h>
 #include <linux/neighbour.h>
+#include <linux/pkt_cls.h>
 #include <linux/pkt_sched.h>
+#include <linux/tc_act/tc_mirred.h>
+#include <arpa/inet.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netlink.h>
@@ -219,6 +223,52 @@ int pb_batch_qdisc(struct pb_batch *b, int add, int replace, int ifindex, unsign
 		mnl_attr_put_strz(nlh, TCA_KIND, kind);
 	if (opts && opts_len)
 		mnl_attr_put(nlh, TCA_OPTIONS, opts_len, opts);
+	return msg_end(b, nlh);
+}
+
+int pb_batch_redirect(struct pb_batch *b, int add, int ifindex, unsigned int parent, int prio,
+		      const uint8_t *ipv4_dst, int target_ifindex)
+{
+	/* u32 on the network header: all packets, or IPv4 packets to one address. */
+	uint16_t proto = ipv4_dst ? ETH_P_IP : ETH_P_ALL;
+	struct nlmsghdr *nlh = msg_start(b, add ? RTM_NEWTFILTER : RTM_DELTFILTER,
+					 add ? NLM_F_CREATE | NLM_F_EXCL : 0);
+	if (!nlh)
+		return -ENOMEM;
+	struct tcmsg *tcm = mnl_nlmsg_put_extra_header(nlh, sizeof(*tcm));
+	tcm->tcm_family = AF_UNSPEC;
+	tcm->tcm_ifindex = ifindex;
+	tcm->tcm_parent = parent;
+	tcm->tcm_info = TC_H_MAKE((uint32_t)prio << 16, htons(proto));
+	if (!add)
+		return msg_end(b, nlh);
+	mnl_attr_put_strz(nlh, TCA_KIND, "u32");
+	struct nlattr *opts = mnl_attr_nest_start(nlh, TCA_OPTIONS);
+	struct {
+		struct tc_u32_sel sel;
+		struct tc_u32_key key;
+	} sel = {0};
+	sel.sel.flags = TC_U32_TERMINAL;
+	sel.sel.nkeys = 1;
+	if (ipv4_dst) {
+		sel.key.mask = 0xffffffff;
+		memcpy(&sel.key.val, ipv4_dst, 4);
+		sel.key.off = 16; /* destination address in the IPv4 header */
+	}
+	mnl_attr_put(nlh, TCA_U32_SEL, sizeof(sel), &sel);
+	struct nlattr *acts = mnl_attr_nest_start(nlh, TCA_U32_ACT);
+	struct nlattr *act = mnl_attr_nest_start(nlh, 1);
+	mnl_attr_put_strz(nlh, TCA_ACT_KIND, "mirred");
+	struct nlattr *aopts = mnl_attr_nest_start(nlh, TCA_ACT_OPTIONS);
+	struct tc_mirred m = {0};
+	m.action = TC_ACT_STOLEN;
+	m.eaction = TCA_EGRESS_REDIR;
+	m.ifindex = (uint32_t)target_ifindex;
+	mnl_attr_put(nlh, TCA_MIRRED_PARMS, sizeof(m), &m);
+	mnl_attr_nest_end(nlh, aopts);
+	mnl_attr_nest_end(nlh, act);
+	mnl_attr_nest_end(nlh, acts);
+	mnl_attr_nest_end(nlh, opts);
 	return msg_end(b, nlh);
 }
 

@@ -40,9 +40,13 @@ class Report:
         return all(c.ok for c in self.checks if c.required)
 
     @property
-    def link_backend(self) -> str:
+    def has_netem(self) -> bool:
         netem = next((c for c in self.checks if c.name == "netem qdisc"), None)
-        return "netem" if netem is not None and netem.ok else "wire"
+        return netem is not None and netem.ok
+
+    @property
+    def link_backend(self) -> str:
+        return "netem" if self.has_netem else "wire"
 
     def render(self) -> str:
         width = max(len(c.name) for c in self.checks)
@@ -50,9 +54,10 @@ class Report:
         for c in self.checks:
             mark = "ok  " if c.ok else ("FAIL" if c.required else "no  ")
             lines.append(f"{mark}  {c.name:<{width}}  {c.detail}")
-        reason = "sch_netem is present" if self.link_backend == "netem" else "sch_netem is missing"
+        reason = ("sch_netem is present, but the netem backend is not built yet" if self.has_netem
+                  else "sch_netem is missing")
         lines.append("")
-        lines.append(f"link_backend=\"auto\" picks: {self.link_backend} ({reason})")
+        lines.append(f"link_backend=\"auto\" picks: wire ({reason}; the wire needs /dev/net/tun)")
         lines.append("labs can run here" if self.labs_can_run else "labs cannot run here: fix the FAIL lines above")
         return "\n".join(lines)
 

@@ -23,7 +23,9 @@ from .topology import DeviceState, IxState, NodeState, RouterState
 if TYPE_CHECKING:
     from .diagnostics import MappingEntry
     from .firewall import Firewall, FirewallConfig
+    from .kernel.wire import WireStats
     from .lab import Lab
+    from .link import LinkCondition, LinkLimits
     from .nat import Nat, NatConfig
 
 T = TypeVar("T")
@@ -156,6 +158,16 @@ class Device(NodeHandle):
             prefixlen=i.attachment.subnet.prefixlen, gateway=i.attachment.gateway,
         )
 
+    async def set_link_condition(self, iface: str, condition: LinkCondition | LinkLimits | str | dict | None,
+                                 direction: str = "up") -> None:
+        """Impair what the interface sends ("up"), receives ("down") or both; None clears the
+        direction(s) given and leaves the other as it was."""
+        await self._lab._set_link_condition(self._alive(), iface, condition, direction)  # type: ignore[arg-type]
+
+    def link_stats(self, iface: str, direction: str = "up") -> WireStats | None:
+        """Counters of the wire shaping this interface's direction (None: not shaped)."""
+        return self._lab._link_stats((direction, self._alive().name, iface))
+
     def ifaces(self) -> list[DeviceIface]:
         return [self.iface(name) for name in self._alive().ifaces]  # type: ignore[attr-defined]
 
@@ -196,6 +208,10 @@ class Router(NodeHandle):
     async def set_nat_mode(self, nat: Nat | NatConfig | str) -> None:
         """Swap the NAT (new flows only; `flush_nat_state()` drops existing mappings)."""
         await self._lab._router_set_nat(self._alive(), nat)  # type: ignore[arg-type]
+
+    async def set_downlink_condition(self, condition: LinkCondition | LinkLimits | str | dict | None) -> None:
+        """Impair what the router sends to its devices (None: clean)."""
+        await self._lab._set_downlink(self._alive(), condition)  # type: ignore[arg-type]
 
     async def set_firewall(self, firewall: Firewall | FirewallConfig | str) -> None:
         await self._lab._router_set_firewall(self._alive(), firewall)  # type: ignore[arg-type]

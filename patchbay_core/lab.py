@@ -31,7 +31,7 @@ from typing import Any
 
 import anyio
 
-from . import diagnostics, netplan, router_rules
+from . import diagnostics, link_shaping, netplan, router_rules
 from .builders import DeviceBuilder, RouterBuilder
 from .diagnostics import MappingEntry
 from .errors import NetlinkError, PatchbayError, TopologyError
@@ -41,7 +41,6 @@ from .handles import Device, Ix, Router
 from .kernel.namespace import NetNs
 from .kernel.nsfactory import NamespaceFactory
 from .kernel.worker import KernelWorker
-from .link import LinkCondition
 from .nat import Nat, NatConfig, NatV6Mode
 from .netops import LinkDel
 from .netplan import AddressPool, IxPort, Lan, LanPlug, PoolExhausted, Uplink
@@ -89,6 +88,8 @@ class Lab:
         self._spawner: Spawner | None = None
         self._output: LabOutput | None = None
         self._ping_range = ping_group_range()
+        self._shaper = link_shaping.LinkShaper(self.opts.seed)
+        self._default_emulation = link_shaping.emulation_from_env()
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class Lab:
         if self._started:
             return
         self._started = True
+        link_shaping.check_backend(self.opts.link_backend)
         _raise_fd_limit()
         self._kernel = KernelWorker(self.label)
         try:
@@ -178,6 +180,7 @@ class Lab:
     def _teardown(self, nodes: list[NodeState]) -> None:
         """Close every namespace; wait until the kernel removed them: the IX holds nothing but
         its bridge (router ports and LAN lowers go when their router's namespace goes)."""
+        self._shaper.close()
         if self._factory is not None:
             self._factory.close()
         for node in nodes:
@@ -291,7 +294,7 @@ class Lab:
         mtu = _check_mtu(s.mtu, name)
         if s.region is not None:
             raise TopologyError("regions are not available yet", node=name, field="region")
-        downlink = _check_condition(s.downlink_condition, name, "downlink_condition")
+        downlink = link_shaping.limits_of(s.downlink_condition, name, "downlink_condition")
         forwards = {}
         for proto, port, device, device_port in s.port_forwards:
             fwd = _check_forward(proto, port, device, device_port, name)
@@ -308,9 +311,9 @@ class Lab:
             kind="router", name=name, id=next(self._ids), parent=parent, forwards=forwards,
             config=RouterConfig(
                 nat=nat, nat_v6=nat_v6, firewall=firewall, ip_support=ip_support, pool=pool,
-                mtu=mtu, block_icmp_frag_needed=s.block_icmp_frag_needed, downlink_condition=downlink,
-                isolated=s.isolated,
+                mtu=mtu, block_icmp_frag_needed=s.block_icmp_frag_needed, isolated=s.isolated,
             ),
+            downlink=downlink,
         )
         state.lan = Lan(lower_name=f"l{state.id}", lower_ifindex=self._ix.alloc_ifindex(),
                         ifindex=state.alloc_ifindex(), pool=AddressPool(cidr), mtu=mtu)
@@ -432,7 +435,11 @@ class Lab:
             parts = self._rule_parts(state)
             router_rules.apply(ns, parts)
             state.tables = {part.table for part in parts}
+            if state.downlink is not None:
+                self._shaper.set(("downlink", state.name), ns, state.lan.ifindex, netplan.LAN_IFACE,
+                                 link_shaping.DOWNLINK_PRIO, None, state.downlink)
         except BaseException:
+            self._shaper.drop_node(ns.inode)
             # Take back routes held elsewhere and the IX ends of our links now (they would go
             # with the namespace, but only once the kernel gets to it).
             for owner, cidr, via in state.pool_routes:
@@ -614,6 +621,65 @@ class Lab:
         await self._check_open().run(diagnostics.write_all, nodes, target)
         return target
 
+    # ---- link conditions -----------------------------------------------------------------
+
+    def _shape(self, device: DeviceState, iface: DeviceIfaceState) -> None:
+        """Kernel thread: make the wires of one device interface match its limits."""
+        assert device.ns is not None
+        self._shaper.set(("up", device.name, iface.name), device.ns, iface.ifindex, iface.name, 1, None, iface.up)
+        router = iface.router
+        assert router.lan is not None
+        if iface.down is not None and not iface.down_prio:
+            iface.down_prio = router.next_prio
+            router.next_prio += 1
+        down = link_shaping.stack(iface.down, router.downlink) if iface.down is not None else None
+        self._shaper.set(("down", device.name, iface.name), _ns(router), router.lan.ifindex, netplan.LAN_IFACE,
+                         iface.down_prio, iface.ip, down)
+
+    async def _set_link_condition(self, device: DeviceState, iface_name: str, condition: object,
+                                  direction: str) -> None:
+        if direction not in ("up", "down", "both"):
+            raise TopologyError(f"direction {direction!r} is not 'up', 'down' or 'both'", node=device.name,
+                                field="direction")
+        iface = device.ifaces.get(iface_name)
+        if iface is None:
+            raise TopologyError(f"no interface {iface_name!r} (has: {', '.join(device.ifaces) or 'none'})",
+                                node=device.name, field="iface")
+        limits = link_shaping.limits_of(condition, device.name, f"link_condition({iface_name!r})")  # type: ignore[arg-type]
+        old = (iface.up, iface.down)
+        if direction in ("up", "both"):
+            iface.up = limits
+        if direction in ("down", "both"):
+            iface.down = limits
+        try:
+            await self._check_open().run(self._shape, device, iface)
+        except BaseException:
+            iface.up, iface.down = old
+            raise
+        self._event("link_condition_changed", device.name, iface=iface_name, direction=direction,
+                    condition=repr(condition) if condition is not None else None)
+        self._write_state()
+
+    async def _set_downlink(self, router: RouterState, condition: object) -> None:
+        limits = link_shaping.limits_of(condition, router.name, "downlink_condition")  # type: ignore[arg-type]
+
+        def apply() -> None:
+            assert router.lan is not None
+            router.downlink = limits
+            self._shaper.set(("downlink", router.name), _ns(router), router.lan.ifindex, netplan.LAN_IFACE,
+                             link_shaping.DOWNLINK_PRIO, None, limits)
+            for device in self._devices.values():
+                for iface in device.ifaces.values():
+                    if iface.router is router and iface.down is not None and device.alive:
+                        self._shape(device, iface)
+
+        await self._check_open().run(apply)
+        self._event("link_condition_changed", router.name, iface=netplan.LAN_IFACE, direction="down",
+                    condition=repr(condition) if condition is not None else None)
+
+    def _link_stats(self, key: tuple[str, ...]) -> Any:
+        return self._check_open().call(self._shaper.stats, key)
+
     # ---- devices ---------------------------------------------------------------------------
 
     async def _build_device(self, builder: DeviceBuilder) -> Device:
@@ -648,7 +714,9 @@ class Lab:
                 if request.name in state.ifaces:
                     raise TopologyError(f"interface {request.name!r} given twice", node=name, field=field)
                 router = self._resolve_router(request.router, name, field)
-                condition = _check_condition(request.condition, name, field)
+                up = link_shaping.limits_of(request.condition, name, field)
+                if request.condition is None:
+                    up = self._default_emulation
                 assert router.lan is not None and router.config is not None
                 pool = router.lan.pool
                 try:
@@ -661,7 +729,7 @@ class Lab:
                     iface=request.name, ifindex=state.alloc_ifindex(), lower_ifindex=router.lan.lower_ifindex,
                     ip=ip, subnet=pool.cidr, gateway=pool.gateway, mtu=_min_mtu(mtu, router.config.mtu),
                 )
-                state.ifaces[request.name] = DeviceIfaceState(request.name, router, attachment, condition)
+                state.ifaces[request.name] = DeviceIfaceState(request.name, router, attachment, up=up)
             default = builder.default_via_name
             if default is not None and default not in state.ifaces:
                 raise TopologyError(f"default_via names {default!r}, which is not one of its interfaces "
@@ -697,10 +765,14 @@ class Lab:
             for iface in state.ifaces.values():
                 ops += iface.attachment.node_ops(default_route=iface.name == state.default_iface)
             ns.apply(ops)
+            state.ns = ns
+            for iface in state.ifaces.values():
+                self._shape(state, iface)
         except BaseException:
+            self._shaper.drop_node(ns.inode)
             ns.close()  # its macvlans go with it
+            state.ns = None
             raise
-        state.ns = ns
 
     # ---- shared helpers --------------------------------------------------------------------
 
@@ -818,17 +890,6 @@ def _resolve_firewall(value: Firewall | FirewallConfig | str | None, node: str) 
     config = lookup_preset("firewall", name, node=node, field="firewall")
     assert isinstance(config, FirewallConfig)
     return config
-
-
-def _check_condition(value: LinkCondition | str | None, node: str, field: str) -> LinkCondition | None:
-    if value is None:
-        return None
-    condition = LinkCondition.parse(value) if not isinstance(value, LinkCondition) else value
-    limits = condition.limits if condition.limits is not None else lookup_preset("link", condition.name or "",
-                                                                                 node=node, field=field)
-    if getattr(limits, "is_clean", False):
-        return condition
-    raise TopologyError("link impairments are not available yet (only clean links)", node=node, field=field)
 
 
 def _check_forward(proto: str, port: int, device: Device | str, device_port: int | None, node: str) -> ForwardState:

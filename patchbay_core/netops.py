@@ -152,4 +152,25 @@ class Qdisc:
         return f"{'add' if self.add else 'delete'} qdisc {self.kind} on {self.label}"
 
 
-NetOp = VethPair | Macvlan | Bridge | LinkSet | LinkDel | Addr | Route | Qdisc
+CLSACT = 0xFFFFFFF1
+CLSACT_EGRESS = 0xFFFFFFF3
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A clsact egress filter of priority `prio` on `ifindex` sending packets (all, or IPv4 to
+    `ipv4_dst`) to `target_ifindex`; add=False removes that priority's filters."""
+
+    ifindex: int
+    label: str
+    prio: int
+    target_ifindex: int = 0
+    ipv4_dst: IPv4Address | None = None
+    add: bool = True
+
+    def describe(self) -> str:
+        what = f"to {self.ipv4_dst}" if self.ipv4_dst else "all"
+        return f"{'add' if self.add else 'delete'} redirect ({what}, prio {self.prio}) on {self.label}"
+
+
+NetOp = VethPair | Macvlan | Bridge | LinkSet | LinkDel | Addr | Route | Qdisc | Redirect

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .firewall import FirewallConfig
 from .kernel.namespace import FIRST_IFINDEX, NetNs
-from .link import LinkCondition
+from .link import LinkLimits
 from .nat import NatConfig, NatV6Mode
 from .netplan import AddressPool, Lan, LanPlug, Uplink
 from .routers import IpSupport, Pool
@@ -68,7 +68,6 @@ class RouterConfig:
     pool: Pool
     mtu: int
     block_icmp_frag_needed: bool
-    downlink_condition: LinkCondition | None
     isolated: bool
 
 
@@ -83,6 +82,8 @@ class RouterState(NodeState):
     children: list[NodeState] = field(default_factory=list)
     forwards: dict[tuple[str, int], ForwardState] = field(default_factory=dict)
     tables: set[str] = field(default_factory=set)  # nft tables applied in its namespace
+    downlink: LinkLimits | None = None  # what it sends to its devices
+    next_prio: int = 1  # for per-device download filters on its LAN
 
     @property
     def pool(self) -> AddressPool | None:
@@ -109,6 +110,7 @@ class RouterState(NodeState):
             "ip_support": cfg.ip_support.value if cfg else None,
             "pool": cfg.pool.value if cfg else None,
             "mtu": cfg.mtu if cfg else 0,
+            "downlink": _describe(self.downlink),
             "port_forwards": [f"{f.proto}/{f.port} -> {f.device}:{f.device_port}" for f in self.forwards.values()],
         }
 
@@ -118,7 +120,9 @@ class DeviceIfaceState:
     name: str
     router: RouterState
     attachment: LanPlug
-    condition: LinkCondition | None = None
+    up: LinkLimits | None = None  # what the device sends
+    down: LinkLimits | None = None  # what it receives from its router
+    down_prio: int = 0  # its filter on the router's LAN, once it has one
 
     @property
     def ifindex(self) -> int:
@@ -144,7 +148,7 @@ class DeviceState(NodeState):
                 {
                     "name": i.name, "router": i.router.name, "ip": str(i.ip),
                     "prefixlen": i.attachment.subnet.prefixlen, "gateway": str(i.attachment.gateway),
-                    "condition": repr(i.condition) if i.condition else None,
+                    "up": _describe(i.up), "down": _describe(i.down),
                 }
                 for i in self.ifaces.values()
             ],

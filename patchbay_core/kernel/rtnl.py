@@ -9,7 +9,20 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 from ..errors import NetlinkError
-from ..netops import Addr, Bridge, IPAddress, LinkDel, LinkSet, Macvlan, NetOp, Qdisc, Route, VethPair
+from ..netops import (
+    CLSACT_EGRESS,
+    Addr,
+    Bridge,
+    IPAddress,
+    LinkDel,
+    LinkSet,
+    Macvlan,
+    NetOp,
+    Qdisc,
+    Redirect,
+    Route,
+    VethPair,
+)
 from .native import errbuf, ffi, lib, rtnl_dump, text
 
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
@@ -51,6 +64,11 @@ def _put(batch: object, op: NetOp) -> int:
             return lib.pb_batch_qdisc(  # type: ignore[no-any-return]
                 batch, int(op.add), int(op.replace), op.ifindex, op.handle, op.parent,
                 op.kind.encode(), op.options or ffi.NULL, len(op.options),
+            )
+        case Redirect():
+            dst = op.ipv4_dst.packed if op.ipv4_dst is not None else ffi.NULL
+            return lib.pb_batch_redirect(  # type: ignore[no-any-return]
+                batch, int(op.add), op.ifindex, CLSACT_EGRESS, op.prio, dst, op.target_ifindex
             )
     raise TypeError(f"not a netlink op: {op!r}")
 

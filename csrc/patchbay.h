@@ -109,8 +109,9 @@ struct pb_wire_stats {
 };
 struct pb_wire;
 /* A wire inside ns_fd: a TAP named tap_name to read from, an AF_PACKET socket sending out of
- * out_ifindex, a thread. Packets flow once a filter redirects them to the TAP. */
-struct pb_wire *pb_wire_new(int ns_fd, int home_fd, const char *tap_name, int out_ifindex,
+ * out_ifindex (whose MTU is mtu), a thread. Packets flow once a filter redirects them to the
+ * TAP. */
+struct pb_wire *pb_wire_new(int ns_fd, int home_fd, const char *tap_name, int out_ifindex, int mtu,
                             uint64_t seed, char *err, size_t errlen);
 int pb_wire_tap_ifindex(struct pb_wire *w);
 void pb_wire_set(struct pb_wire *w, const struct pb_wire_params *p);

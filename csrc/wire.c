@@ -2,7 +2,7 @@
  *
  * One wire shapes one direction of one link. A tc filter redirects the link's packets into a
  * TAP device the wire reads; each packet then meets, in order:
- *   loss (with netem-style correlation), corruption (one bit of the payload flipped after the
+ *   loss (correlated as a two-state Markov chain), corruption (one bit of the payload flipped after the
  *   checksums were made), duplication, a bottleneck of `rate_bps` with a bounded queue, and a
  *   delay of latency +- jitter (uniform). Departures keep arrival order unless the packet was
  *   picked for reordering, which sends it at once, ahead of the delayed ones.
@@ -13,8 +13,12 @@
  * protocol) and per packet of that flow: with a fixed seed, a flow sees the same decisions on
  * every run, whatever else crosses the link.
  *
- * The TAP advertises no offloads, so the kernel segments GSO packets and completes checksums
- * before handing them over: the wire sees real, checksummed wire packets.
+ * Frames carry a virtio-net header through the TAP and the packet socket. When a condition
+ * needs per-packet decisions (loss, duplication, corruption, reordering, a rate), the TAP
+ * advertises no offloads, so the kernel segments GSO packets and completes checksums before
+ * handing them over: the wire sees real, checksummed wire packets. With only latency and
+ * jitter, offloads are on and whole GSO packets (with partial checksums) pass through, as
+ * they do through the kernel without the wire.
  */
 #define _GNU_SOURCE
 #include "patchbay.h"
@@ -25,6 +29,7 @@
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <linux/virtio_net.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -40,7 +45,8 @@
 #include <unistd.h>
 
 #define FLOW_SLOTS 4096
-#define READ_BATCH 64
+#define READ_BATCH 32
+#define VNET_HDR_LEN ((uint32_t)sizeof(struct virtio_net_hdr))
 #define MAX_FRAME 65600
 
 struct packet {
@@ -53,11 +59,12 @@ struct packet {
 struct flow {
 	uint64_t key;
 	uint64_t count;
-	double last_loss;
+	int last_dropped;
 };
 
 struct pb_wire {
 	int tap_fd, out_fd, wake_fd, tap_ifindex;
+	int offload; /* TAP offloads on: whole GSO packets pass */
 	pthread_t thread;
 	atomic_int stop;
 	pthread_mutex_t lock; /* guards params */
@@ -71,6 +78,13 @@ struct pb_wire {
 	uint64_t last_depart_ns;
 	struct flow flows[FLOW_SLOTS];
 	struct pb_wire_stats stats;
+	/* Frames read in one round, and the ones due now, go out with one sendmmsg. */
+	uint32_t frame_max;
+	unsigned char *rbuf;	     /* READ_BATCH read buffers of frame_max bytes */
+	struct mmsghdr out[READ_BATCH];
+	struct iovec iov[READ_BATCH];
+	struct packet *sent[READ_BATCH]; /* queued packets in this send batch, freed after it */
+	int nout;
 };
 
 static uint64_t now_ns(void)
@@ -135,7 +149,7 @@ static struct flow *flow_of(struct pb_wire *w, uint64_t key)
 		/* A new flow (or one evicted by a collision) starts its draws from zero. */
 		slot->key = key;
 		slot->count = 0;
-		slot->last_loss = 0;
+		slot->last_dropped = 0;
 	}
 	return slot;
 }
@@ -168,16 +182,42 @@ static uint32_t payload_offset(const unsigned char *f, uint32_t len)
 	return off + l4 < len ? off + l4 : 0;
 }
 
-static void send_frame(struct pb_wire *w, const unsigned char *data, uint32_t len)
+static void flush_out(struct pb_wire *w)
 {
-	ssize_t n;
-	do
-		n = send(w->out_fd, data, len, MSG_DONTWAIT);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		w->stats.send_errors++;
-	else
-		w->stats.tx++;
+	int done = 0;
+	while (done < w->nout) {
+		int n = sendmmsg(w->out_fd, w->out + done, (unsigned int)(w->nout - done), MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			/* The frame at `done` cannot go (a full socket buffer): count it, go on. */
+			w->stats.send_errors++;
+			n = 1;
+		} else {
+			w->stats.tx += (uint64_t)n;
+		}
+		done += n;
+	}
+	for (int i = 0; i < w->nout; i++) {
+		free(w->sent[i]);
+		w->sent[i] = NULL;
+	}
+	w->nout = 0;
+}
+
+/* Add a frame to the send batch. `owned` (a queued packet) is freed once the batch is sent;
+ * otherwise `data` must stay valid until then (a read buffer of this round). */
+static void send_frame(struct pb_wire *w, unsigned char *data, uint32_t len, struct packet *owned)
+{
+	if (w->nout == READ_BATCH)
+		flush_out(w);
+	int i = w->nout++;
+	w->iov[i].iov_base = data;
+	w->iov[i].iov_len = len;
+	memset(&w->out[i], 0, sizeof(w->out[i]));
+	w->out[i].msg_hdr.msg_iov = &w->iov[i];
+	w->out[i].msg_hdr.msg_iovlen = 1;
+	w->sent[i] = owned;
 }
 
 static void enqueue(struct pb_wire *w, const unsigned char *data, uint32_t len, uint64_t depart)
@@ -200,31 +240,57 @@ static void enqueue(struct pb_wire *w, const unsigned char *data, uint32_t len, 
 	w->queued_bytes += len;
 }
 
+/* Send a frame of this round now: the first copy straight from the read buffer, a duplicate
+ * from its own copy (the batch may hold both). */
+static void send_now(struct pb_wire *w, unsigned char *data, uint32_t len, int copy)
+{
+	if (!copy) {
+		send_frame(w, data, len, NULL);
+		return;
+	}
+	struct packet *p = malloc(sizeof(*p) + len);
+	if (!p) {
+		w->stats.dropped_queue++;
+		return;
+	}
+	memcpy(p->data, data, len);
+	p->len = len;
+	send_frame(w, p->data, len, p);
+}
+
+/* `data` is a virtio-net header and a frame, `len` both. */
 static void process(struct pb_wire *w, const struct pb_wire_params *p, unsigned char *data, uint32_t len,
 		    uint64_t now)
 {
+	if (len <= VNET_HDR_LEN)
+		return;
 	w->stats.rx++;
-	struct flow *fl = flow_of(w, flow_key(data, len));
+	unsigned char *frame = data + VNET_HDR_LEN;
+	uint32_t flen = len - VNET_HDR_LEN;
+	struct flow *fl = flow_of(w, flow_key(frame, flen));
 	uint64_t n = fl->count++;
 	uint64_t key = fl->key;
 
 	if (p->loss_ppm) {
-		/* netem's correlation: each draw leans towards the previous one. */
-		double corr = p->loss_corr_ppm / 1e6;
-		double u = draw(w->seed, key, n, 0);
-		double r = corr * fl->last_loss + (1.0 - corr) * u;
-		fl->last_loss = r;
-		if (r < p->loss_ppm / 1e6) {
+		/* A two-state Markov chain whose drops average `loss` and whose lag-1 correlation is
+		 * `corr`: P(drop | last dropped) = loss + corr(1 - loss), P(drop | last kept) =
+		 * loss(1 - corr). (netem's "lean towards the previous draw" barely lengthens runs
+		 * and shifts the average.) */
+		double loss = p->loss_ppm / 1e6, corr = p->loss_corr_ppm / 1e6;
+		double threshold = fl->last_dropped ? loss + corr * (1.0 - loss) : loss * (1.0 - corr);
+		fl->last_dropped = draw(w->seed, key, n, 0) < threshold;
+		if (fl->last_dropped) {
 			w->stats.dropped_loss++;
 			return;
 		}
 	}
 	if (p->corrupt_ppm && draw(w->seed, key, n, 1) < p->corrupt_ppm / 1e6) {
-		uint32_t off = payload_offset(data, len);
+		/* Offloads are off whenever corruption is asked for: the checksum is complete. */
+		uint32_t off = payload_offset(frame, flen);
 		if (off) {
 			uint64_t r = mix(w->seed ^ mix(key ^ mix(n * 8 + 2)));
-			uint32_t byte = off + (uint32_t)(r % (len - off));
-			data[byte] ^= (unsigned char)(1u << ((r >> 32) & 7));
+			uint32_t byte = off + (uint32_t)(r % (flen - off));
+			frame[byte] ^= (unsigned char)(1u << ((r >> 32) & 7));
 			w->stats.corrupted++;
 		}
 	}
@@ -242,14 +308,14 @@ static void process(struct pb_wire *w, const struct pb_wire_params *p, unsigned 
 				w->stats.dropped_queue++;
 				continue;
 			}
-			w->link_free_ns = start + (uint64_t)len * 8ull * 1000000000ull / p->rate_bps;
+			w->link_free_ns = start + (uint64_t)flen * 8ull * 1000000000ull / p->rate_bps;
 			ready = w->link_free_ns;
 		}
 		if (p->reorder_ppm && draw(w->seed, key, n, 4 + (uint64_t)c) < p->reorder_ppm / 1e6) {
 			/* Sent at once: it overtakes whatever is being delayed. */
 			w->stats.reordered++;
 			if (ready <= now)
-				send_frame(w, data, len);
+				send_now(w, data, len, c);
 			else
 				enqueue(w, data, len, ready);
 			continue;
@@ -265,7 +331,7 @@ static void process(struct pb_wire *w, const struct pb_wire_params *p, unsigned 
 			depart = w->last_depart_ns;
 		w->last_depart_ns = depart;
 		if (depart <= now && !w->head)
-			send_frame(w, data, len);
+			send_now(w, data, len, c);
 		else
 			enqueue(w, data, len, depart);
 	}
@@ -280,15 +346,14 @@ static void send_due(struct pb_wire *w, uint64_t now, int all)
 			w->tail = NULL;
 		w->queued_pkts--;
 		w->queued_bytes -= p->len;
-		send_frame(w, p->data, p->len);
-		free(p);
+		send_frame(w, p->data, p->len, p);
 	}
+	flush_out(w);
 }
 
 static void *wire_main(void *arg)
 {
 	struct pb_wire *w = arg;
-	static __thread unsigned char buf[MAX_FRAME];
 	/* Timers of this thread fire when asked, not up to 50 us later. */
 	prctl(PR_SET_TIMERSLACK, 1000UL);
 	while (!atomic_load(&w->stop)) {
@@ -318,11 +383,14 @@ static void *wire_main(void *arg)
 		if (fds[0].revents & POLLIN) {
 			now = now_ns();
 			for (int i = 0; i < READ_BATCH; i++) {
-				ssize_t n = read(w->tap_fd, buf, sizeof(buf));
+				/* Each frame of the round keeps its buffer until the batch is sent. */
+				unsigned char *buf = w->rbuf + (size_t)i * w->frame_max;
+				ssize_t n = read(w->tap_fd, buf, w->frame_max);
 				if (n <= 0)
 					break;
 				process(w, &p, buf, (uint32_t)n, now);
 			}
+			flush_out(w);
 		}
 	}
 	/* Removing a condition must not lose what is in flight: send it now. */
@@ -336,7 +404,7 @@ static int open_tap_here(const char *name, int *ifindex)
 	if (fd < 0)
 		return -errno;
 	struct ifreq ifr = {0};
-	ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
 	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
 	if (ioctl(fd, TUNSETIFF, &ifr) < 0)
 		goto fail;
@@ -374,6 +442,7 @@ static int open_injector_here(int ifindex)
 	int one = 1, sndbuf = 4 << 20;
 	struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_ifindex = ifindex};
 	if (setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) ||
+	    setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) ||
 	    bind(fd, (struct sockaddr *)&sll, sizeof(sll))) {
 		int e = -errno;
 		close(fd);
@@ -383,14 +452,21 @@ static int open_injector_here(int ifindex)
 	return fd;
 }
 
-struct pb_wire *pb_wire_new(int ns_fd, int home_fd, const char *tap_name, int out_ifindex, uint64_t seed,
-			    char *err, size_t errlen)
+struct pb_wire *pb_wire_new(int ns_fd, int home_fd, const char *tap_name, int out_ifindex, int mtu,
+			    uint64_t seed, char *err, size_t errlen)
 {
 	struct pb_wire *w = calloc(1, sizeof(*w));
-	if (!w) {
+	/* Whole GSO packets pass while offloads are on: room for the largest. */
+	uint32_t frame_max = MAX_FRAME;
+	(void)mtu;
+	if (w)
+		w->rbuf = malloc((size_t)READ_BATCH * frame_max);
+	if (!w || !w->rbuf) {
+		free(w);
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
+	w->frame_max = frame_max;
 	w->tap_fd = w->out_fd = w->wake_fd = -1;
 	w->seed = seed;
 	pthread_mutex_init(&w->lock, NULL);
@@ -428,6 +504,7 @@ fail:
 		close(w->out_fd);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
+	free(w->rbuf);
 	free(w);
 	return NULL;
 }
@@ -439,6 +516,13 @@ int pb_wire_tap_ifindex(struct pb_wire *w)
 
 void pb_wire_set(struct pb_wire *w, const struct pb_wire_params *p)
 {
+	/* Per-packet decisions need real packets; delays alone can move GSO packets whole. */
+	int offload = !(p->loss_ppm || p->reorder_ppm || p->duplicate_ppm || p->corrupt_ppm || p->rate_bps);
+	if (offload != w->offload) {
+		unsigned int flags = offload ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0;
+		if (ioctl(w->tap_fd, TUNSETOFFLOAD, flags) == 0)
+			w->offload = offload;
+	}
 	pthread_mutex_lock(&w->lock);
 	w->params = *p;
 	pthread_mutex_unlock(&w->lock);
@@ -468,5 +552,6 @@ void pb_wire_free(struct pb_wire *w)
 	close(w->out_fd);
 	close(w->wake_fd);
 	pthread_mutex_destroy(&w->lock);
+	free(w->rbuf);
 	free(w);
 }

@@ -75,6 +75,7 @@ class RouterBuilder:
         return self
 
     def mtu(self, mtu: int) -> RouterBuilder:
+        """The MTU of the router's downstream network (its LAN and what plugs into it)."""
         self.settings.mtu = mtu
         return self
 

@@ -95,9 +95,11 @@ class NodeHandle:
         host, port = bind
         return await self.spawn(lambda _h: start_reflector((str(host), port)))
 
-    async def ping(self, dst: str | IPv4Address | IPv6Address, count: int = 1, timeout: float = 2.0) -> PingResult:
-        """ICMP echo to `dst` from inside the node (no `ping` binary needed)."""
-        return await self.spawn(lambda _h: ping(dst, count, timeout))
+    async def ping(self, dst: str | IPv4Address | IPv6Address, count: int = 1, timeout: float = 2.0,
+                   interval: float = 0.2) -> PingResult:
+        """ICMP echo to `dst` from inside the node (no `ping` binary needed); `interval`
+        seconds between echoes."""
+        return await self.spawn(lambda _h: ping(dst, count, timeout, interval))
 
 
 @dataclass(frozen=True)

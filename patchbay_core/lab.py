@@ -359,7 +359,6 @@ class Lab:
 
     def _plan_router_uplink(self, state: RouterState, parent: RouterState | None) -> Uplink:
         assert state.config is not None
-        mtu = state.config.mtu
         if parent is None:
             try:
                 ip = self._ix.router_slots.allocate()
@@ -368,7 +367,7 @@ class Lab:
                                     node=state.name) from None
             return IxPort(
                 port_name=f"r{state.id}", port_ifindex=self._ix.alloc_ifindex(),
-                bridge_ifindex=self._ix.bridge_ifindex, iface="ix", ifindex=state.alloc_ifindex(), ip=ip, mtu=mtu,
+                bridge_ifindex=self._ix.bridge_ifindex, iface="ix", ifindex=state.alloc_ifindex(), ip=ip,
             )
         assert parent.lan is not None and parent.config is not None
         try:
@@ -376,9 +375,10 @@ class Lab:
         except PoolExhausted:
             raise TopologyError(f"router {parent.name!r} has no address left in {parent.lan.pool.cidr}",
                                 node=state.name, field="upstream") from None
+        # A router's MTU is its downstream network's; its uplink is on its parent's network.
         return LanPlug(
             iface="wan", ifindex=state.alloc_ifindex(), lower_ifindex=parent.lan.lower_ifindex, ip=ip,
-            subnet=parent.lan.pool.cidr, gateway=parent.lan.pool.gateway, mtu=_min_mtu(mtu, parent.config.mtu),
+            subnet=parent.lan.pool.cidr, gateway=parent.lan.pool.gateway, mtu=parent.config.mtu,
         )
 
     def _plan_pool_routes(self, state: RouterState) -> list[tuple[NodeState, IPv4Network, Any]]:
@@ -437,7 +437,7 @@ class Lab:
             state.tables = {part.table for part in parts}
             if state.downlink is not None:
                 self._shaper.set(("downlink", state.name), ns, state.lan.ifindex, netplan.LAN_IFACE,
-                                 link_shaping.DOWNLINK_PRIO, None, state.downlink)
+                                 link_shaping.DOWNLINK_PRIO, None, state.downlink, state.lan.mtu)
         except BaseException:
             self._shaper.drop_node(ns.inode)
             # Take back routes held elsewhere and the IX ends of our links now (they would go
@@ -626,7 +626,8 @@ class Lab:
     def _shape(self, device: DeviceState, iface: DeviceIfaceState) -> None:
         """Kernel thread: make the wires of one device interface match its limits."""
         assert device.ns is not None
-        self._shaper.set(("up", device.name, iface.name), device.ns, iface.ifindex, iface.name, 1, None, iface.up)
+        self._shaper.set(("up", device.name, iface.name), device.ns, iface.ifindex, iface.name, 1, None, iface.up,
+                         iface.attachment.mtu)
         router = iface.router
         assert router.lan is not None
         if iface.down is not None and not iface.down_prio:
@@ -634,7 +635,7 @@ class Lab:
             router.next_prio += 1
         down = link_shaping.stack(iface.down, router.downlink) if iface.down is not None else None
         self._shaper.set(("down", device.name, iface.name), _ns(router), router.lan.ifindex, netplan.LAN_IFACE,
-                         iface.down_prio, iface.ip, down)
+                         iface.down_prio, iface.ip, down, router.lan.mtu)
 
     async def _set_link_condition(self, device: DeviceState, iface_name: str, condition: object,
                                   direction: str) -> None:
@@ -667,7 +668,7 @@ class Lab:
             assert router.lan is not None
             router.downlink = limits
             self._shaper.set(("downlink", router.name), _ns(router), router.lan.ifindex, netplan.LAN_IFACE,
-                             link_shaping.DOWNLINK_PRIO, None, limits)
+                             link_shaping.DOWNLINK_PRIO, None, limits, router.lan.mtu)
             for device in self._devices.values():
                 for iface in device.ifaces.values():
                     if iface.router is router and iface.down is not None and device.alive:

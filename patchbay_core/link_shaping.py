@@ -170,7 +170,7 @@ class LinkShaper:
         return int.from_bytes(digest[:8], "little")
 
     def set(self, key: tuple[str, ...], ns: NetNs, ifindex: int, label: str, prio: int,
-            ipv4_dst: IPv4Address | None, limits: LinkLimits | None) -> None:
+            ipv4_dst: IPv4Address | None, limits: LinkLimits | None, mtu: int = 0) -> None:
         """Make the traffic at this attachment point meet `limits` (None: untouched)."""
         att = self._attachments.get(key)
         if limits is None:
@@ -187,7 +187,7 @@ class LinkShaper:
             ns.apply([Qdisc(ifindex, label, "clsact", handle=0xFFFF0000, parent=CLSACT)])
             self._clsact.add((ns.inode, ifindex))
         self._taps += 1
-        wire = Wire(ns.fd, f"pbw{self._taps}", ifindex, self._wire_seed(key), ns.node)
+        wire = Wire(ns.fd, f"pbw{self._taps}", ifindex, mtu, self._wire_seed(key), ns.node)
         try:
             wire.set(wire_params(limits))
             ns.apply([Redirect(ifindex, label, prio, wire.tap_ifindex, ipv4_dst)])

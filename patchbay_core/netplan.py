@@ -298,8 +298,10 @@ def pmtu_blackhole_rules() -> str:
     return (
         "table ip pb_pmtu {\n"
         "  chain forward { type filter hook forward priority -10; policy accept;\n"
-        "    icmp type destination-unreachable icmp code frag-needed counter drop }\n"
+        '    icmp type destination-unreachable icmp code frag-needed counter drop comment "pmtu.frag_needed_dropped"\n'
+        "  }\n"
         "  chain output { type filter hook output priority -10; policy accept;\n"
-        "    icmp type destination-unreachable icmp code frag-needed counter drop }\n"
+        '    icmp type destination-unreachable icmp code frag-needed counter drop comment "pmtu.frag_needed_dropped"\n'
+        "  }\n"
         "}\n"
     )

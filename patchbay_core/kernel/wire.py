@@ -37,9 +37,9 @@ class WireStats:
 class Wire:
     """One direction of one link: reads a TAP inside `ns_fd`, sends out of `out_ifindex`."""
 
-    def __init__(self, ns_fd: int, tap_name: str, out_ifindex: int, seed: int, node: str) -> None:
+    def __init__(self, ns_fd: int, tap_name: str, out_ifindex: int, mtu: int, seed: int, node: str) -> None:
         err, errlen = errbuf()
-        self._w = lib.pb_wire_new(ns_fd, home_netns_fd(), tap_name.encode(), out_ifindex,
+        self._w = lib.pb_wire_new(ns_fd, home_netns_fd(), tap_name.encode(), out_ifindex, mtu,
                                   seed & 0xFFFFFFFFFFFFFFFF, err, errlen)
         if self._w == ffi.NULL:
             message = text(err)

@@ -61,9 +61,9 @@ int pb_batch_link_del(struct pb_batch *b, int ifindex);
 int pb_batch_addr(struct pb_batch *b, int add, int family, int ifindex, const uint8_t *addr,
                   int prefixlen, int nodad);
 /* op: 1 add, 2 replace, 0 delete. dst may be NULL with dst_len 0 (default route);
- * gw may be NULL; oif 0 = none; metric 0 = none. */
+ * gw may be NULL; oif 0 = none; metric 0 = none; blackhole 1: drop what matches. */
 int pb_batch_route(struct pb_batch *b, int op, int family, const uint8_t *dst, int dst_len,
-                   const uint8_t *gw, int oif, int metric);
+                   const uint8_t *gw, int oif, int metric, int blackhole);
 /* Send the messages (in rounds of 64), read every ack. On failure returns the negative errno
  * of the first failed message and sets *failed_index to its position and `extack` to the
  * kernel's text; the rest of that round was still processed, later rounds are not sent. */

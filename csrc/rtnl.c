@@ -320,7 +320,7 @@ int pb_batch_addr(struct pb_batch *b, int add, int family, int ifindex, const ui
 }
 
 int pb_batch_route(struct pb_batch *b, int op, int family, const uint8_t *dst, int dst_len,
-		   const uint8_t *gw, int oif, int metric)
+		   const uint8_t *gw, int oif, int metric, int blackhole)
 {
 	int alen = addr_len(family);
 	if (alen < 0)
@@ -335,9 +335,9 @@ int pb_batch_route(struct pb_batch *b, int op, int family, const uint8_t *dst, i
 	rtm->rtm_dst_len = (uint8_t)dst_len;
 	rtm->rtm_table = RT_TABLE_MAIN;
 	rtm->rtm_protocol = RTPROT_STATIC;
-	rtm->rtm_type = RTN_UNICAST;
+	rtm->rtm_type = blackhole ? RTN_BLACKHOLE : RTN_UNICAST;
 	/* A route with no gateway reaches its destination directly on the link. */
-	rtm->rtm_scope = op && !gw ? RT_SCOPE_LINK : op ? RT_SCOPE_UNIVERSE : RT_SCOPE_NOWHERE;
+	rtm->rtm_scope = op && !gw && !blackhole ? RT_SCOPE_LINK : op ? RT_SCOPE_UNIVERSE : RT_SCOPE_NOWHERE;
 	if (dst && dst_len > 0)
 		mnl_attr_put(nlh, RTA_DST, (size_t)alen, dst);
 	if (gw)

@@ -20,7 +20,7 @@ from .errors import (
     UsernsUnavailable,
 )
 from .firewall import Firewall, FirewallConfig
-from .handles import Device, DeviceIface, Ix, Router, RouterIface
+from .handles import Device, DeviceIface, Ix, Region, Router, RouterIface
 from .hookspecs import hookimpl
 from .lab import Lab
 from .link import LinkCondition, LinkLimits
@@ -29,6 +29,7 @@ from .opts import Ipv6Dad, Ipv6Provisioning, LabOpts, OutDir
 from .ping import PingResult
 from .processes import NodeProcess
 from .reflector import Reflector
+from .regions import RegionLink
 from .routers import IpSupport, Pool, RouterPreset, RouterSpec
 from .rules import PortForward, RuleContext
 from .userns import init_userns
@@ -64,6 +65,8 @@ __all__ = [
     "Pool",
     "PortForward",
     "Reflector",
+    "Region",
+    "RegionLink",
     "Router",
     "RouterBuilder",
     "RouterIface",

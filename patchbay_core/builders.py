@@ -16,7 +16,7 @@ from .nat import Nat, NatConfig, NatV6Mode
 from .routers import IpSupport, Pool, RouterPreset
 
 if TYPE_CHECKING:
-    from .handles import Device, Router
+    from .handles import Device, Region, Router
     from .lab import Lab
 
 @dataclass
@@ -29,7 +29,7 @@ class RouterSettings:
     firewall: Firewall | FirewallConfig | str | None = None
     ip_support: IpSupport | None = None
     upstream: Router | str | None = None
-    region: object | None = None
+    region: Region | str | None = None
     mtu: int | None = None
     block_icmp_frag_needed: bool = False
     downlink_condition: LinkCondition | str | None = None
@@ -70,7 +70,8 @@ class RouterBuilder:
         self.settings.upstream = router
         return self
 
-    def region(self, region: object) -> RouterBuilder:
+    def region(self, region: Region | str) -> RouterBuilder:
+        """Place the router in a region (it hangs off the region's router)."""
         self.settings.region = region
         return self
 

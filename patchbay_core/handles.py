@@ -250,6 +250,25 @@ class Router(NodeHandle):
         return out
 
 
+class Region:
+    """A region of the lab (see `Lab.add_region`)."""
+
+    __slots__ = ("_lab", "name")
+
+    def __init__(self, lab: Lab, name: str) -> None:
+        self._lab = lab
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Region {self.name!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Region) and other._lab is self._lab and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
 class Ix(NodeHandle):
     """The lab's internet exchange: the namespace every top-level router plugs into."""
 

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import replace
-from ipaddress import IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,18 @@ from .diagnostics import MappingEntry
 from .errors import NetlinkError, PatchbayError, TopologyError
 from .execution import NodeRuntime
 from .firewall import Firewall, FirewallConfig
-from .handles import Device, Ix, Router
+from .handles import Device, Ix, Region, Router
 from .kernel.namespace import NetNs
 from .kernel.nsfactory import NamespaceFactory
 from .kernel.worker import KernelWorker
 from .nat import Nat, NatConfig, NatV6Mode
-from .netops import LinkDel
+from .netops import Addr, LinkDel, LinkSet, Route, VethPair
 from .netplan import AddressPool, IxPort, Lan, LanPlug, PoolExhausted, Uplink
 from .opts import LabOpts
 from .outdir import LabOutput
 from .plugins import lookup_preset
 from .processes import Spawner
+from .regions import DEFAULT_LATENCIES, DEFAULT_REGIONS, RegionLink, first_hops, link_addresses
 from .routers import IpSupport, Pool, RouterPreset, RouterSpec
 from .rules import PortForward, RuleContext
 from .topology import (
@@ -56,6 +57,8 @@ from .topology import (
     ForwardState,
     IxState,
     NodeState,
+    RegionLinkState,
+    RegionState,
     RouterConfig,
     RouterState,
 )
@@ -85,6 +88,8 @@ class Lab:
         self._ix = IxState(kind="ix", name="ix", id=0, router_slots=netplan.ix_router_slots())
         self._kernel: KernelWorker | None = None
         self._factory: NamespaceFactory | None = None
+        self._regions: dict[str, RegionState] = {}
+        self._region_links = 0
         self._spawner: Spawner | None = None
         self._output: LabOutput | None = None
         self._ping_range = ping_group_range()
@@ -156,7 +161,8 @@ class Lab:
 
     def _close_sync(self) -> None:
         with self._lock:
-            nodes = [*self._devices.values(), *self._routers.values(), self._ix]
+            nodes = [*self._devices.values(), *self._routers.values(),
+                     *(region.router for region in self._regions.values()), self._ix]
             for node in nodes:
                 node.alive = False
         for node in nodes:
@@ -257,10 +263,10 @@ class Lab:
 
     # ---- routers ---------------------------------------------------------------------------
 
-    async def _build_router(self, builder: RouterBuilder) -> Router:
+    async def _build_router(self, builder: RouterBuilder, *, region_router: bool = False) -> Router:
         kernel = self._check_open()
         with self._lock:
-            state = self._plan_router(builder)
+            state = self._plan_router(builder, region_router=region_router)
         with anyio.CancelScope(shield=True):
             try:
                 await kernel.run(self._make_router, state)
@@ -269,14 +275,16 @@ class Lab:
                     self._unplan_router(state)
                 raise
         state.alive = True
-        self._event("router_added", state.name, **state.snapshot())
+        if self._regions and not region_router:
+            await kernel.run(self._reroute_regions)
+        self._event("region_added" if region_router else "router_added", state.name, **state.snapshot())
         if state.uplink is not None:
             self._event("iface_added", state.name, iface=state.uplink.iface, ip=str(state.uplink.ip),
                         upstream=state.parent.name if state.parent else "ix")
         self._write_state()
         return Router(self, state)
 
-    def _plan_router(self, builder: RouterBuilder) -> RouterState:
+    def _plan_router(self, builder: RouterBuilder, *, region_router: bool = False) -> RouterState:
         name, s = builder.name, builder.settings
         self._check_new_name(name)
         spec = self._router_spec(s.preset, name)
@@ -292,8 +300,6 @@ class Lab:
         # The pool: asked for, else the preset's, else the NAT model's, else public unless NATed.
         pool = s.pool or spec.pool or (nat.downstream_pool if nat else None) or (Pool.PRIVATE if nat else Pool.PUBLIC)
         mtu = _check_mtu(s.mtu, name)
-        if s.region is not None:
-            raise TopologyError("regions are not available yet", node=name, field="region")
         downlink = link_shaping.limits_of(s.downlink_condition, name, "downlink_condition")
         forwards = {}
         for proto, port, device, device_port in s.port_forwards:
@@ -305,6 +311,11 @@ class Lab:
             raise TopologyError("an isolated router has no upstream; drop .isolated() or .upstream()",
                                 node=name, field="upstream")
         parent = self._resolve_router(s.upstream, name, "upstream") if s.upstream is not None else None
+        if s.region is not None:
+            if s.upstream is not None or s.isolated:
+                raise TopologyError("a router in a region hangs off the region; drop .upstream()/.isolated()",
+                                    node=name, field="region")
+            parent = self._resolve_region(s.region, name).router
 
         cidr = self._pick_downstream_cidr(s.downstream_cidr, pool, name)
         state = RouterState(
@@ -325,7 +336,9 @@ class Lab:
                 self._pools.release(cidr)
             raise
         state.pool_routes = self._plan_pool_routes(state)
-        self._nodes[name] = self._routers[name] = state
+        self._nodes[name] = state
+        if not region_router:
+            self._routers[name] = state
         if parent is not None:
             parent.children.append(state)
         return state
@@ -620,6 +633,108 @@ class Lab:
             nodes = [n for n in (self._ix, *self._routers.values(), *self._devices.values()) if n.alive]
         await self._check_open().run(diagnostics.write_all, nodes, target)
         return target
+
+    # ---- regions --------------------------------------------------------------------------
+
+    async def add_region(self, name: str) -> Region:
+        """A region: routers placed in it (`RouterBuilder.region`) are far from other regions'."""
+        if name in self._regions:
+            raise TopologyError(f"duplicate region name {name!r}", node=name, field="region")
+        builder = RouterBuilder(self, f"region-{name}")
+        router = await self._build_router(builder, region_router=True)
+        self._regions[name] = RegionState(name, router._state)
+        return Region(self, name)
+
+    async def add_default_regions(self) -> dict[str, Region]:
+        """Five continents' regions, linked with realistic one-way latencies (`regions.py`)."""
+        made = {name: await self.add_region(name) for name in DEFAULT_REGIONS}
+        for (a, b), latency in DEFAULT_LATENCIES.items():
+            await self.link_regions(made[a], made[b], RegionLink.good(latency))
+        return made
+
+    def _resolve_region(self, ref: Region | str, node: str) -> RegionState:
+        name = ref.name if isinstance(ref, Region) else str(ref)
+        region = self._regions.get(name)
+        if region is None:
+            known = ", ".join(self._regions) or "none yet"
+            raise TopologyError(f"unknown region {name!r} (regions: {known})", node=node, field="region")
+        return region
+
+    async def link_regions(self, a: Region | str, b: Region | str, link: RegionLink) -> None:
+        ra, rb = self._resolve_region(a, "link_regions"), self._resolve_region(b, "link_regions")
+        if ra is rb or rb.name in ra.links:
+            raise TopologyError(f"regions {ra.name!r} and {rb.name!r} are the same or already linked",
+                                node="link_regions")
+        link_limits = link.limits()
+        link_shaping.check(link_limits, f"{ra.name}-{rb.name}", "link")
+        ip_a, ip_b = link_addresses(self._region_links)
+        self._region_links += 1
+        state = RegionLinkState(ra.name, rb.name, ra.router.alloc_ifindex(), rb.router.alloc_ifindex(), ip_a, ip_b,
+                                link_limits)
+
+        def make() -> None:
+            ns_a, ns_b = _ns(ra.router), _ns(rb.router)
+            name_a, name_b = f"rg{rb.router.id}", f"rg{ra.router.id}"
+            ns_a.apply([VethPair(name_a, state.ifindex_a, name_b, state.ifindex_b, ns_b),
+                        Addr(state.ifindex_a, name_a, ip_a, 30)])
+            ns_b.apply([LinkSet(state.ifindex_b, name_b, up=True), Addr(state.ifindex_b, name_b, ip_b, 30)])
+            self._shaper.set(("region", ra.name, rb.name), ns_a, state.ifindex_a, name_a, 1, None, link_limits)
+            self._shaper.set(("region", rb.name, ra.name), ns_b, state.ifindex_b, name_b, 1, None, link_limits)
+            ra.links[rb.name] = rb.links[ra.name] = state
+            self._reroute_regions()
+
+        await self._check_open().run(make)
+        self._event("regions_linked", None, a=ra.name, b=rb.name, latency_ms=link.latency_ms)
+
+    async def break_region_link(self, a: Region | str, b: Region | str) -> None:
+        """Cut the link: traffic reroutes through other regions, or is dropped if none is left."""
+        await self._set_region_link(a, b, broken=True)
+
+    async def restore_region_link(self, a: Region | str, b: Region | str) -> None:
+        await self._set_region_link(a, b, broken=False)
+
+    async def _set_region_link(self, a: Region | str, b: Region | str, *, broken: bool) -> None:
+        ra, rb = self._resolve_region(a, "region_link"), self._resolve_region(b, "region_link")
+        link = ra.links.get(rb.name)
+        if link is None:
+            raise TopologyError(f"regions {ra.name!r} and {rb.name!r} are not linked", node="region_link")
+
+        def apply() -> None:
+            link.broken = broken
+            # Down, the link also loses what its wires still hold: a break is immediate.
+            _ns(ra.router).apply([LinkSet(link.ifindex_a, f"rg{rb.router.id}", up=not broken)])
+            _ns(rb.router).apply([LinkSet(link.ifindex_b, f"rg{ra.router.id}", up=not broken)])
+            self._reroute_regions()
+
+        await self._check_open().run(apply)
+        self._event("region_link_broken" if broken else "region_link_restored", None, a=ra.name, b=rb.name)
+
+    def _reroute_regions(self) -> None:
+        """Kernel thread: in every region, route the other regions' prefixes along the path of
+        least latency over unbroken links, or blackhole them."""
+        prefixes: dict[str, list[IPv4Network]] = {}
+        for name, region in self._regions.items():
+            assert region.router.pool is not None
+            owned = [region.router.pool.cidr]
+            for router in self._routers.values():
+                owned += [cidr for owner, cidr, _via in router.pool_routes if owner is region.router]
+            prefixes[name] = owned
+        graph = {name: {other: float(link.limits.latency_ms) + 0.001 for other, link in region.links.items()
+                        if not link.broken} for name, region in self._regions.items()}
+        for name, region in self._regions.items():
+            hops = first_hops(graph, name)
+            wanted: dict[IPv4Network, IPv4Address | None] = {}
+            for other in self._regions:
+                if other == name:
+                    continue
+                via = region.links[hops[other]].end(name)[2] if other in hops else None
+                for cidr in prefixes[other]:
+                    wanted[cidr] = via
+            ops = [Route(cidr, via, add=True, replace=True, blackhole=via is None)
+                   for cidr, via in wanted.items() if region.routes.get(cidr, "missing") != via]
+            ops += [Route(cidr, add=False) for cidr in region.routes if cidr not in wanted]
+            _ns(region.router).apply(ops)
+            region.routes = wanted
 
     # ---- link conditions -----------------------------------------------------------------
 

@@ -123,11 +123,12 @@ class Route:
     add: bool = True
     replace: bool = False
     v6: bool = False
+    blackhole: bool = False
 
     def describe(self) -> str:
         verb = "delete" if not self.add else "replace" if self.replace else "add"
         dst = str(self.dst) if self.dst is not None else "default"
-        text = f"{verb} route {dst}"
+        text = f"{verb} {'blackhole ' if self.blackhole else ''}route {dst}"
         if self.via is not None:
             text += f" via {self.via}"
         if self.label:

@@ -116,6 +116,34 @@ class RouterState(NodeState):
 
 
 @dataclass(eq=False)
+class RegionLinkState:
+    """One link between two regions, as seen from region `a` (and b)."""
+
+    a: str
+    b: str
+    ifindex_a: int
+    ifindex_b: int
+    ip_a: IPv4Address
+    ip_b: IPv4Address
+    limits: LinkLimits
+    broken: bool = False
+
+    def end(self, region: str) -> tuple[int, IPv4Address, IPv4Address]:
+        """(local ifindex, local address, peer address) from `region`'s side."""
+        if region == self.a:
+            return self.ifindex_a, self.ip_a, self.ip_b
+        return self.ifindex_b, self.ip_b, self.ip_a
+
+
+@dataclass(eq=False)
+class RegionState:
+    name: str
+    router: RouterState
+    links: dict[str, RegionLinkState] = field(default_factory=dict)  # by the other region's name
+    routes: dict[IPv4Network, IPv4Address | None] = field(default_factory=dict)  # installed (None: blackhole)
+
+
+@dataclass(eq=False)
 class DeviceIfaceState:
     name: str
     router: RouterState

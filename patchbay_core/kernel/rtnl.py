@@ -59,7 +59,9 @@ def _put(batch: object, op: NetOp) -> int:
             dst_len = op.dst.prefixlen if op.dst is not None else 0
             via = op.via.packed if op.via is not None else ffi.NULL
             mode = 0 if not op.add else 2 if op.replace else 1
-            return lib.pb_batch_route(batch, mode, family, dst, dst_len, via, op.oif, op.metric)  # type: ignore[no-any-return]
+            return lib.pb_batch_route(  # type: ignore[no-any-return]
+                batch, mode, family, dst, dst_len, via, op.oif, op.metric, int(op.blackhole)
+            )
         case Qdisc():
             return lib.pb_batch_qdisc(  # type: ignore[no-any-return]
                 batch, int(op.add), int(op.replace), op.ifindex, op.handle, op.parent,

@@ -124,12 +124,15 @@ out:
 int pb_sysctl_write(int ns_fd, int home_fd, const char *sysctls, char *err, size_t errlen)
 {
 	if (setns(ns_fd, CLONE_NEWNET)) {
-		snprintf(err, errlen, "setns: %s", strerror(errno));
-		return -errno;
+		int e = errno;
+		snprintf(err, errlen, "setns into the namespace: %s", strerror(e));
+		return -e;
 	}
 	int ret = write_sysctls_here(sysctls, err, errlen);
-	if (setns(home_fd, CLONE_NEWNET))
+	if (setns(home_fd, CLONE_NEWNET)) {
+		snprintf(err, errlen, "setns back to the home namespace: %s", strerror(errno));
 		return -EIO;
+	}
 	return ret;
 }
 

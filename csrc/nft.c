@@ -20,18 +20,28 @@ struct pb_nft {
 
 static pthread_mutex_t nft_lock = PTHREAD_MUTEX_INITIALIZER;
 
-struct pb_nft *pb_nft_new(int ns_fd, int home_fd)
+struct pb_nft *pb_nft_new(int ns_fd, int home_fd, int *err)
 {
 	struct pb_nft *n = calloc(1, sizeof(*n));
-	if (!n)
+	*err = 0;
+	if (!n) {
+		*err = ENOMEM;
 		return NULL;
+	}
 	pthread_mutex_lock(&nft_lock);
 	if (setns(ns_fd, CLONE_NEWNET) == 0) {
 		n->ctx = nft_ctx_new(NFT_CTX_DEFAULT);
-		if (setns(home_fd, CLONE_NEWNET) && n->ctx) {
-			nft_ctx_free(n->ctx);
-			n->ctx = NULL;
+		if (!n->ctx)
+			*err = ENOMEM;
+		if (setns(home_fd, CLONE_NEWNET)) {
+			*err = EIO;
+			if (n->ctx) {
+				nft_ctx_free(n->ctx);
+				n->ctx = NULL;
+			}
 		}
+	} else {
+		*err = errno;
 	}
 	pthread_mutex_unlock(&nft_lock);
 	if (!n->ctx) {

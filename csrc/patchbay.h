@@ -84,7 +84,8 @@ int pb_ct_flush(int fd, int family);
 
 /* ---- nftables through libnftables (nft.c) ---- */
 struct pb_nft;
-struct pb_nft *pb_nft_new(int ns_fd, int home_fd);
+/* NULL on failure, with the errno in *err. */
+struct pb_nft *pb_nft_new(int ns_fd, int home_fd, int *err);
 void pb_nft_free(struct pb_nft *n);
 /* Run nft command text as one transaction inside ns_fd (dry_run: check it, change nothing).
  * *out and *errmsg are malloc'd copies of nft's output and error text (either may be NULL);

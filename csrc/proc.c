@@ -11,6 +11,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,15 +24,19 @@ static void reap_all(void)
 /* Runs in the forked child: only async-signal-safe calls from here on. */
 static void init_main(int lifeline_fd)
 {
+	/* Keep only the lifeline, as fd 3: every other fd of the Python process (however many,
+	 * labs raise the limit) would otherwise stay open here, among them the lifeline's write
+	 * end, and the init would never see EOF. */
+	if (lifeline_fd != 3) {
+		dup2(lifeline_fd, 3);
+		lifeline_fd = 3;
+	}
+	syscall(SYS_close_range, 4U, ~0U, 0U);
 	sigset_t all, none;
 	sigfillset(&all);
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	/* Close everything else the Python process had open. */
-	for (int fd = 3; fd < 1024; fd++)
-		if (fd != lifeline_fd)
-			close(fd);
 	struct pollfd p = {.fd = lifeline_fd, .events = POLLIN};
 	for (;;) {
 		int r = ppoll(&p, 1, NULL, &none);

@@ -22,6 +22,7 @@
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -33,10 +34,20 @@
 /* Messages per sendmsg: keeps the acks of one round well inside the receive buffer. */
 #define PB_ROUND 64
 
+/* Sequence numbers are unique across every request of the process, so an answer left over
+ * from an earlier request (one that stopped early) is never taken for a new one's. */
+static atomic_uint next_seq = 1;
+
+static uint32_t take_seqs(uint32_t n)
+{
+	return atomic_fetch_add(&next_seq, n);
+}
+
 struct pb_batch {
 	char *buf;
 	size_t len, cap;
 	int count;
+	uint32_t seq0; /* the sequence number of message 0, given when the batch is sent */
 	/* Offsets of each message, to send in rounds of PB_ROUND. */
 	size_t *offs;
 	int offs_cap;
@@ -210,6 +221,8 @@ int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, 
 int pb_batch_qdisc(struct pb_batch *b, int add, int replace, int ifindex, unsigned int handle,
 		   unsigned int parent, const char *kind, const uint8_t *opts, size_t opts_len)
 {
+	if (opts_len > PB_MSG_MAX - 128)
+		return -EMSGSIZE;
 	int flags = add ? NLM_F_CREATE | (replace ? NLM_F_REPLACE : NLM_F_EXCL) : 0;
 	struct nlmsghdr *nlh = msg_start(b, add ? RTM_NEWQDISC : RTM_DELQDISC, flags);
 	if (!nlh)
@@ -380,8 +393,8 @@ static void extack_text(const struct nlmsghdr *nlh, char *out, size_t outlen)
 	}
 }
 
-/* Read acks until every message in [first, last) answered. */
-static int collect_acks(int fd, int first, int last, int *failed_index, char *extack,
+/* Read acks until every message in [first, last) of the batch (numbered from seq0) answered. */
+static int collect_acks(int fd, uint32_t seq0, int first, int last, int *failed_index, char *extack,
 			size_t extack_len, int *first_err)
 {
 	static __thread char rbuf[65536];
@@ -398,7 +411,7 @@ static int collect_acks(int fd, int first, int last, int *failed_index, char *ex
 		while (mnl_nlmsg_ok(nlh, len)) {
 			if (nlh->nlmsg_type == NLMSG_ERROR) {
 				const struct nlmsgerr *e = mnl_nlmsg_get_payload(nlh);
-				int seq = (int)nlh->nlmsg_seq;
+				int seq = (int)(nlh->nlmsg_seq - seq0);
 				if (seq >= first && seq < last) {
 					answered++;
 					if (e->error && !*first_err) {
@@ -421,6 +434,9 @@ int pb_batch_send(struct pb_batch *b, int fd, int *failed_index, char *extack,
 	*failed_index = -1;
 	if (extack && extack_len)
 		extack[0] = 0;
+	b->seq0 = take_seqs((uint32_t)b->count);
+	for (int i = 0; i < b->count; i++)
+		((struct nlmsghdr *)(b->buf + b->offs[i]))->nlmsg_seq = b->seq0 + (uint32_t)i;
 	for (int first = 0; first < b->count; first += PB_ROUND) {
 		int last = first + PB_ROUND < b->count ? first + PB_ROUND : b->count;
 		size_t start = b->offs[first];
@@ -435,7 +451,7 @@ int pb_batch_send(struct pb_batch *b, int fd, int *failed_index, char *extack,
 			*failed_index = first;
 			return -errno;
 		}
-		int r = collect_acks(fd, first, last, failed_index, extack, extack_len, &first_err);
+		int r = collect_acks(fd, b->seq0, first, last, failed_index, extack, extack_len, &first_err);
 		if (r)
 			return r;
 		/* Later rounds usually depend on earlier ones: stop at the first failure. */
@@ -453,7 +469,7 @@ static int dump_request(int fd, int msg_type, const void *hdr, size_t hdr_len, u
 	struct nlmsghdr *nlh = mnl_nlmsg_put_header(req);
 	nlh->nlmsg_type = (uint16_t)msg_type;
 	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-	uint32_t seq = (uint32_t)time(NULL) ^ 0x5eed;
+	uint32_t seq = take_seqs(1);
 	nlh->nlmsg_seq = seq;
 	memcpy(mnl_nlmsg_put_extra_header(nlh, hdr_len), hdr, hdr_len);
 	struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
@@ -524,7 +540,8 @@ int pb_ct_flush(int fd, int family)
 	struct nlmsghdr *nlh = mnl_nlmsg_put_header(req);
 	nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
 	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-	nlh->nlmsg_seq = 1;
+	uint32_t seq = take_seqs(1);
+	nlh->nlmsg_seq = seq;
 	struct nfgenmsg *g = mnl_nlmsg_put_extra_header(nlh, sizeof(*g));
 	g->nfgen_family = (uint8_t)family;
 	g->version = NFNETLINK_V0;
@@ -542,7 +559,7 @@ int pb_ct_flush(int fd, int family)
 		const struct nlmsghdr *m = (const struct nlmsghdr *)rbuf;
 		int left = (int)n;
 		for (; mnl_nlmsg_ok(m, left); m = mnl_nlmsg_next(m, &left))
-			if (m->nlmsg_type == NLMSG_ERROR)
+			if (m->nlmsg_type == NLMSG_ERROR && m->nlmsg_seq == seq)
 				return ((const struct nlmsgerr *)mnl_nlmsg_get_payload(m))->error;
 	}
 }

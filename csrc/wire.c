@@ -492,8 +492,13 @@ struct pb_wire *pb_wire_new(int ns_fd, int home_fd, const char *tap_name, int ou
 	if (r < 0)
 		goto fail;
 	w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (w->wake_fd < 0 || pthread_create(&w->thread, NULL, wire_main, w)) {
-		snprintf(err, errlen, "start the wire thread: %s", strerror(errno));
+	if (w->wake_fd < 0) {
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	int terr = pthread_create(&w->thread, NULL, wire_main, w);
+	if (terr) {
+		snprintf(err, errlen, "start the wire thread: %s", strerror(terr));
 		goto fail;
 	}
 	return w;

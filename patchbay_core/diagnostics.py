@@ -29,7 +29,7 @@ class MappingEntry:
     expires_s: int | None
 
 
-def nat_mappings(ns: NetNs) -> list[MappingEntry]:
+def nat_mappings(ns: NetNs, wan: IPv4Address | None) -> list[MappingEntry]:
     entries: list[MappingEntry] = []
     live: set[tuple[str, int]] = set()
     for ct in ns.conntrack():
@@ -40,7 +40,6 @@ def nat_mappings(ns: NetNs) -> list[MappingEntry]:
         elif ct.dst_nat:  # an inbound flow a mapping or a port forward admitted
             entries.append(MappingEntry(ct.proto, (r.src, r.sport), (o.dst, o.dport), (o.src, o.sport), ct.timeout_s))
             live.add((ct.proto, o.dport))
-    wan = next((e.external[0] for e in entries), None)
     for proto, port, ip, internal_port, expires in router_rules.owner_map(ns):
         if (proto, port) not in live and wan is not None:
             entries.append(MappingEntry(proto, (ip, internal_port), (wan, port), None, expires))

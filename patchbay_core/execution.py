@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from .errors import NetlinkError
+from .errors import NetlinkError, NodeGone
 from .kernel.native import lib
 
 T = TypeVar("T")
@@ -57,7 +57,7 @@ class NodeRuntime:
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._closed:
-                raise RuntimeError(f"{self.node}: runtime closed")
+                raise NodeGone(self.node)
             if self._loop is None:
                 ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
                 thread = threading.Thread(
@@ -95,7 +95,12 @@ class NodeRuntime:
             if fut.cancelled():
                 coro.close()
                 return
-            task = loop.create_task(coro)
+            try:
+                task = loop.create_task(coro)
+            except BaseException as exc:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    fut.set_exception(exc)
+                return
             task.add_done_callback(lambda t: _settle(fut, t))
             # The caller gave up (cancelled): cancel the task on its loop.
             fut.add_done_callback(lambda f: f.cancelled() and _call_soon(loop, task.cancel))
@@ -112,23 +117,24 @@ class NodeRuntime:
         if self._sync_thread is not None and threading.current_thread() is self._sync_thread:
             return fn(*args)
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._sync_worker_queue().put((fut, fn, args))
+        with self._lock:  # put under the lock: never behind the stop marker
+            self._sync_worker_queue().put((fut, fn, args))
         return fut.result()
 
     def _sync_worker_queue(self) -> queue.SimpleQueue[Any]:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"{self.node}: runtime closed")
-            if self._sync_queue is None:
-                q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-                ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-                thread = threading.Thread(
-                    target=self._sync_main, args=(q, ready), name=f"patchbay-sync-{self.node}", daemon=True
-                )
-                thread.start()
-                ready.result()
-                self._sync_queue, self._sync_thread = q, thread
-            return self._sync_queue
+        """The sync worker's queue, started on first use (call with the lock held)."""
+        if self._closed:
+            raise NodeGone(self.node)
+        if self._sync_queue is None:
+            q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+            thread = threading.Thread(
+                target=self._sync_main, args=(q, ready), name=f"patchbay-sync-{self.node}", daemon=True
+            )
+            thread.start()
+            ready.result()
+            self._sync_queue, self._sync_thread = q, thread
+        return self._sync_queue
 
     def _sync_main(self, q: queue.SimpleQueue[Any], ready: concurrent.futures.Future[None]) -> None:
         try:
@@ -167,10 +173,10 @@ class NodeRuntime:
 
         with self._lock:
             if self._closed:
-                raise RuntimeError(f"{self.node}: runtime closed")
+                raise NodeGone(self.node)
             thread = threading.Thread(target=main, name=f"patchbay-thread-{self.node}", daemon=True)
             self._threads.add(thread)
-        thread.start()
+            thread.start()  # inside the lock: close() never joins a thread not yet started
         return fut
 
     # ---- shutdown -------------------------------------------------------------------------

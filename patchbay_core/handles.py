@@ -7,6 +7,7 @@ Every execution method runs inside the node's own network namespace. Once the no
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -71,7 +72,11 @@ class NodeHandle:
     async def spawn(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(handle, *args)` on the node's event loop; return its result or raise its error."""
         runtime = self._lab._runtime(self._alive())
-        return await wait_future(runtime.submit_coro(fn(self, *args)))
+        coro = fn(self, *args)
+        if not inspect.iscoroutine(coro):
+            raise TypeError(f"{self._state.label}: spawn() needs an async function; {fn!r} returned "
+                            f"{type(coro).__name__} (use run_sync() for plain functions)")
+        return await wait_future(runtime.submit_coro(coro))
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the node's sync worker and wait for it (keep it short)."""

@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, ip_network
@@ -37,6 +37,7 @@ from .diagnostics import MappingEntry
 from .errors import NetlinkError, PatchbayError, TopologyError
 from .execution import NodeRuntime
 from .firewall import Firewall, FirewallConfig
+from .futures import wait_future
 from .handles import Device, Ix, Region, Router
 from .kernel.namespace import NetNs
 from .kernel.nsfactory import NamespaceFactory
@@ -115,25 +116,31 @@ class Lab:
         """Make the IX namespace and the output directory."""
         if self._started:
             return
-        self._started = True
+        # What can be wrong with the options is checked before anything exists.
         link_shaping.check_backend(self.opts.link_backend)
+        outdir = self.opts.resolved_outdir()
+        if outdir is not None:
+            try:
+                self._output = LabOutput(outdir, self.label)
+            except OSError as exc:
+                raise PatchbayError(f"cannot write the lab's output under {outdir.path}: {exc.strerror}") from exc
+        self._started = True
         _raise_fd_limit()
         self._kernel = KernelWorker(self.label)
         try:
             with anyio.CancelScope(shield=True):
                 await self._kernel.run(self._make_ix)
-        except NetlinkError as exc:
-            self._kernel.stop()
-            self._closed = True
-            if exc.errno == errno.EPERM:
+        except BaseException as exc:
+            with self._lock:
+                self._closed = True
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_sync)
+            if isinstance(exc, NetlinkError) and exc.errno == errno.EPERM:
                 raise PatchbayError(
                     "creating a network namespace was refused (EPERM): run as root, or call "
                     "patchbay_core.init_userns() before any thread starts"
                 ) from exc
             raise
-        outdir = self.opts.resolved_outdir()
-        if outdir is not None:
-            self._output = LabOutput(outdir, self.label)
         self._event("lab_created", None, label=self.label)
         self._write_state()
 
@@ -160,24 +167,30 @@ class Lab:
             await anyio.to_thread.run_sync(self._close_sync)
 
     def _close_sync(self) -> None:
+        """End node threads, then processes, then wires and namespaces; each step runs even
+        when an earlier one failed."""
         with self._lock:
             nodes = [*self._devices.values(), *self._routers.values(),
                      *(region.router for region in self._regions.values()), self._ix]
             for node in nodes:
                 node.alive = False
-        for node in nodes:
-            if node.runtime is not None:
-                node.runtime.close()
-        if self._spawner is not None:
-            self._spawner.close()
-        assert self._kernel is not None
         try:
-            self._kernel.call(self._teardown, nodes)
+            for node in nodes:
+                if node.runtime is not None:
+                    with _logged(f"stopping {node.label}'s threads"):
+                        node.runtime.close()
+            if self._spawner is not None:
+                with _logged("ending the lab's processes"):
+                    self._spawner.close()
+            if self._kernel is not None:
+                try:
+                    self._kernel.call(self._teardown, nodes)
+                finally:
+                    self._kernel.stop()
         finally:
-            self._kernel.stop()
-        self._event("lab_closed", None)
-        if self._output is not None:
-            self._output.close()
+            self._event("lab_closed", None)
+            if self._output is not None:
+                self._output.close()
 
     def _new_netns(self, node: str, sysctls: dict[str, str]) -> NetNs:
         assert self._factory is not None
@@ -264,19 +277,16 @@ class Lab:
     # ---- routers ---------------------------------------------------------------------------
 
     async def _build_router(self, builder: RouterBuilder, *, region_router: bool = False) -> Router:
-        kernel = self._check_open()
         with self._lock:
             state = self._plan_router(builder, region_router=region_router)
-        with anyio.CancelScope(shield=True):
-            try:
-                await kernel.run(self._make_router, state)
-            except BaseException:
-                with self._lock:
-                    self._unplan_router(state)
-                raise
-        state.alive = True
-        if self._regions and not region_router:
-            await kernel.run(self._reroute_regions)
+
+        def make() -> None:
+            self._make_router(state)
+            state.alive = True
+            if self._regions and not region_router:
+                self._reroute_regions()
+
+        await self._settle(make, lambda: self._unplan_router(state))
         self._event("region_added" if region_router else "router_added", state.name, **state.snapshot())
         if state.uplink is not None:
             self._event("iface_added", state.name, iface=state.uplink.iface, ip=str(state.uplink.ip),
@@ -317,9 +327,10 @@ class Lab:
                                     node=name, field="region")
             parent = self._resolve_region(s.region, name).router
 
-        cidr = self._pick_downstream_cidr(s.downstream_cidr, pool, name)
+        cidr = self._pick_downstream_cidr(s.downstream_cidr, pool, nat is not None, parent, name)
         state = RouterState(
             kind="router", name=name, id=next(self._ids), parent=parent, forwards=forwards,
+            auto_pool=s.downstream_cidr is None,
             config=RouterConfig(
                 nat=nat, nat_v6=nat_v6, firewall=firewall, ip_support=ip_support, pool=pool,
                 mtu=mtu, block_icmp_frag_needed=s.block_icmp_frag_needed, isolated=s.isolated,
@@ -351,10 +362,15 @@ class Lab:
         assert isinstance(spec, RouterSpec)
         return spec
 
-    def _pick_downstream_cidr(self, requested: IPv4Network | str | None, pool: Pool, node: str) -> IPv4Network:
+    def _pick_downstream_cidr(self, requested: IPv4Network | str | None, pool: Pool, nat: bool,
+                              parent: RouterState | None, node: str) -> IPv4Network:
+        """The router's pool. Automatic pools avoid every range in use. An explicit one may
+        overlap only another NATed LAN outside its own chain (two homes on 192.168.1.0/24):
+        never the IX, a routed pool, or a pool it sits behind."""
+        in_use = [netplan.IX_CIDR, *(r.pool.cidr for r in self._all_routers() if r.pool)]
         if requested is None:
             try:
-                return self._pools.next_cidr(pool.value)
+                return self._pools.next_cidr(pool.value, in_use)
             except IndexError:
                 raise TopologyError(f"no {pool.value} downstream pool left", node=node, field="pool") from None
         try:
@@ -363,12 +379,24 @@ class Lab:
             raise TopologyError(f"{requested!r} is not a network: {exc}", node=node, field="downstream_cidr") from None
         if not isinstance(cidr, IPv4Network) or cidr.prefixlen > 30:
             raise TopologyError(f"{cidr} must be an IPv4 network of /30 or larger", node=node, field="downstream_cidr")
-        taken = [netplan.IX_CIDR, *(r.pool.cidr for r in self._routers.values() if r.pool)]
-        for other in taken:
-            if cidr.overlaps(other):
-                raise TopologyError(f"{cidr} overlaps {other}, already used in this lab", node=node,
+        chain = set()
+        hop = parent
+        while hop is not None:
+            chain.add(hop.name)
+            hop = hop.parent
+        for other in self._all_routers():
+            if other.pool is None or not cidr.overlaps(other.pool.cidr):
+                continue
+            assert other.config is not None
+            if not nat or other.config.nat is None or other.name in chain:
+                raise TopologyError(f"{cidr} overlaps {other.pool.cidr} of router {other.name!r}", node=node,
                                     field="downstream_cidr")
+        if cidr.overlaps(netplan.IX_CIDR):
+            raise TopologyError(f"{cidr} overlaps the IX {netplan.IX_CIDR}", node=node, field="downstream_cidr")
         return cidr
+
+    def _all_routers(self) -> list[RouterState]:
+        return [*self._routers.values(), *(region.router for region in self._regions.values())]
 
     def _plan_router_uplink(self, state: RouterState, parent: RouterState | None) -> Uplink:
         assert state.config is not None
@@ -423,7 +451,7 @@ class Lab:
                 state.parent.pool.release(state.uplink.ip)
             else:
                 self._ix.router_slots.release(state.uplink.ip)
-        if state.pool is not None:
+        if state.pool is not None and state.auto_pool:
             self._pools.release(state.pool.cidr)
 
     def _make_router(self, state: RouterState) -> None:
@@ -609,17 +637,22 @@ class Lab:
         del state.forwards[(fwd.proto, fwd.port)]
         self._event("port_forward_removed", state.name, proto=fwd.proto, port=fwd.port)
 
-    async def _resolve_forwards_for(self, device: DeviceState) -> None:
-        """Forwards that named this device before it existed get its address now."""
+    def _resolve_forwards_for(self, device: DeviceState) -> None:
+        """Kernel thread: forwards that named this device before it existed get its address."""
         for iface in device.ifaces.values():
             router = iface.router
             for fwd in router.forwards.values():
                 if fwd.device == device.name and fwd.device_ip is None and router.uplink is not None:
                     fwd.device_ip = iface.ip
-                    await self._check_open().run(self._install_forward, router, fwd)
+                    try:
+                        self._install_forward(router, fwd)
+                    except BaseException:
+                        fwd.device_ip = None
+                        raise
 
     async def _router_mappings(self, state: RouterState) -> list[MappingEntry]:
-        return await self._check_open().run(diagnostics.nat_mappings, _ns(state))
+        wan = state.uplink.ip if state.uplink else None
+        return await self._check_open().run(diagnostics.nat_mappings, _ns(state), wan)
 
     async def _router_counters(self, state: RouterState) -> dict[str, int]:
         return await self._check_open().run(router_rules.named_counters, _ns(state))
@@ -799,18 +832,19 @@ class Lab:
     # ---- devices ---------------------------------------------------------------------------
 
     async def _build_device(self, builder: DeviceBuilder) -> Device:
-        kernel = self._check_open()
         with self._lock:
             state = self._plan_device(builder)
-        with anyio.CancelScope(shield=True):
+
+        def make() -> None:
+            self._make_device(state)
             try:
-                await kernel.run(self._make_device, state)
+                self._resolve_forwards_for(state)
             except BaseException:
-                with self._lock:
-                    self._unplan_device(state)
+                self._unmake_device(state)
                 raise
-        state.alive = True
-        await self._resolve_forwards_for(state)
+            state.alive = True
+
+        await self._settle(make, lambda: self._unplan_device(state))
         self._event("device_added", state.name, **state.snapshot())
         for iface in state.ifaces.values():
             self._event("iface_added", state.name, iface=iface.name, ip=str(iface.ip), router=iface.router.name,
@@ -892,6 +926,39 @@ class Lab:
 
     # ---- shared helpers --------------------------------------------------------------------
 
+    async def _settle(self, make: Callable[[], None], unplan: Callable[[], None]) -> None:
+        """Run a node's kernel job. The job itself un-plans the node when it fails, and so does a
+        job cancelled before it started: whatever the caller does meanwhile (cancelled, timed
+        out), the lab's records match the kernel."""
+
+        def job() -> None:
+            try:
+                make()
+            except BaseException:
+                with self._lock:
+                    unplan()
+                raise
+
+        fut = self._check_open().submit(job)
+
+        def never_ran(done: Future[None]) -> None:
+            if done.cancelled():
+                with self._lock:
+                    unplan()
+
+        fut.add_done_callback(never_ran)
+        with anyio.CancelScope(shield=True):
+            await wait_future(fut)
+
+    def _unmake_device(self, state: DeviceState) -> None:
+        """Kernel thread: undo a made device (its namespace, wires and forwards)."""
+        if state.ns is not None:
+            self._shaper.drop_node(state.ns.inode)
+            for iface in state.ifaces.values():
+                self._shaper.set(("down", state.name, iface.name), _ns(iface.router), 0, "", 0, None, None)
+            state.ns.close()
+            state.ns = None
+
     def _check_new_name(self, name: str) -> None:
         if not isinstance(name, str) or not name or any(c.isspace() or c == "/" for c in name):
             raise TopologyError("a node name must be a non-empty string without whitespace or '/'", node=str(name))
@@ -966,6 +1033,15 @@ class Lab:
             }
         with self._state_lock:
             self._output.write_state(state)
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """Close goes on when one step fails; the failure is logged, not swallowed silently."""
+    try:
+        yield
+    except Exception:
+        log.exception("lab close: %s failed", what)
 
 
 def _is_below(router: RouterState, ancestor: RouterState) -> bool:

@@ -16,6 +16,7 @@ Plan (IPv4):
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -126,11 +127,15 @@ class PoolCounters:
 
     _KINDS = {"public": public_pool_cidr, "private": private_pool_cidr, "cgnat": cgnat_pool_cidr}
 
-    def next_cidr(self, kind: str) -> IPv4Network:
-        n = self.counts.get(kind, 0) + 1
-        cidr = self._KINDS[kind](n)  # IndexError when this kind is used up
-        self.counts[kind] = n
-        return cidr
+    def next_cidr(self, kind: str, taken: Collection[IPv4Network] = ()) -> IPv4Network:
+        """The next pool of `kind` that overlaps none of `taken` (IndexError when used up)."""
+        n = self.counts.get(kind, 0)
+        while True:
+            n += 1
+            cidr = self._KINDS[kind](n)
+            if not any(cidr.overlaps(t) for t in taken):
+                self.counts[kind] = n
+                return cidr
 
     def release(self, cidr: IPv4Network) -> None:
         """Give back the most recent pool (a build that failed) so numbering stays dense."""

@@ -41,6 +41,7 @@ class Spawner:
         self._lock = threading.Lock()
         self._lifeline_w = -1
         self._init_pid = -1
+        self._closed = False
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=self._main, args=(ready,), name=f"patchbay-spawner-{label}", daemon=True
@@ -114,11 +115,16 @@ class Spawner:
         self, ns_fd: int, node: str, argv: Sequence[str], kwargs: dict[str, Any]
     ) -> concurrent.futures.Future[subprocess.Popen[Any]]:
         fut: concurrent.futures.Future[subprocess.Popen[Any]] = concurrent.futures.Future()
-        self._queue.put((fut, ns_fd, node, list(argv), kwargs))
+        with self._lock:  # never behind the stop marker
+            if self._closed:
+                raise PatchbayError("the lab is closed")
+            self._queue.put((fut, ns_fd, node, list(argv), kwargs))
         return fut
 
     def close(self, timeout: float = 10.0) -> None:
         """End every process of the lab, reap them, and stop the spawner thread."""
+        with self._lock:
+            self._closed = True
         if self._lifeline_w >= 0:
             # The init sees EOF, exits, and the kernel SIGKILLs the whole PID namespace.
             os.close(self._lifeline_w)
@@ -134,10 +140,14 @@ class Spawner:
             with contextlib.suppress(Exception):
                 child.wait(timeout)
         if self._init_pid > 0:
+            # The init exits on EOF; make sure even if something still held the pipe open.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._init_pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._init_pid, 0)
             self._init_pid = -1
-        self._queue.put(_STOP)
+        with self._lock:
+            self._queue.put(_STOP)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 

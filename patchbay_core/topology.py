@@ -83,6 +83,7 @@ class RouterState(NodeState):
     forwards: dict[tuple[str, int], ForwardState] = field(default_factory=dict)
     tables: set[str] = field(default_factory=set)  # nft tables applied in its namespace
     downlink: LinkLimits | None = None  # what it sends to its devices
+    auto_pool: bool = True  # its pool came from the plan (not downstream_cidr)
     next_prio: int = 1  # for per-device download filters on its LAN
 
     @property

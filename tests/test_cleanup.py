@@ -140,3 +140,18 @@ async def test_two_labs_with_the_same_names_run_side_by_side() -> None:
             tg.start_soon(one, results)
     # Same names and the same address plan, in separate namespaces: no clash.
     assert results == [("198.18.1.2", 3)] * 3
+
+
+async def test_close_is_quick_with_many_fds_open() -> None:
+    import os
+
+    async with pb.Lab() as lab:
+        filler = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]  # fds past 1024
+        try:
+            r = await lab.add_router("r").build()
+            await r.spawn_command(["sleep", "30"])  # the lab's PID namespace init starts now
+        finally:
+            for fd in filler:
+                os.close(fd)
+        started = time.monotonic()
+    assert time.monotonic() - started < 3.0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,50 @@ async def test_a_device_failing_in_the_kernel_leaves_nothing(lab: pb.Lab) -> Non
     # Its address on router a was given back.
     other = await lab.add_device("other").iface("eth0", a).build()
     assert other.ip == IPv4Address("198.18.1.2")
+
+
+async def test_spawn_of_a_plain_function_says_what_to_use(lab: pb.Lab) -> None:
+    r = await lab.add_router("r").build()
+    with pytest.raises(TypeError, match=r"router 'r': spawn\(\) needs an async function.*run_sync"):
+        await r.spawn(lambda h: 42)  # type: ignore[arg-type, return-value]
+
+
+async def test_pools_never_collide_and_nated_lans_may_share_a_range(lab: pb.Lab) -> None:
+    explicit = await lab.add_router("explicit").downstream_cidr("198.18.1.0/24").build()
+    auto = await lab.add_router("auto").build()
+    assert auto.downstream_cidr != explicit.downstream_cidr  # the plan skips ranges in use
+    home1 = await lab.add_router("home1").nat(pb.Nat.HOME).downstream_cidr("192.168.1.0/24").build()
+    home2 = await lab.add_router("home2").nat(pb.Nat.HOME).downstream_cidr("192.168.1.0/24").build()
+    d1 = await lab.add_device("d1").iface("eth0", home1).build()
+    d2 = await lab.add_device("d2").iface("eth0", home2).build()
+    assert d1.ip == d2.ip  # two homes, one address plan, as in real life
+    srv = await lab.add_device("srv").iface("eth0", auto).build()
+    assert (await d1.ping(srv.ip)).received == 1 and (await d2.ping(srv.ip)).received == 1
+    with pytest.raises(pb.TopologyError, match=r"overlaps 192\.168\.1\.0/24 of router 'home1'"):
+        await lab.add_router("public").downstream_cidr("192.168.1.0/25").build()  # routed: no
+    with pytest.raises(pb.TopologyError, match=r"overlaps 192\.168\.1\.0/24 of router 'home1'"):
+        await lab.add_router("inner").nat(pb.Nat.HOME).upstream(home1).downstream_cidr("192.168.1.0/24").build()
+
+
+async def test_a_build_abandoned_by_its_caller_leaves_records_and_kernel_in_step() -> None:
+    import asyncio
+
+    async with pb.Lab() as lab:
+        for n in range(12):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lab.add_router(f"r{n}").build(), timeout=0.0005 * (n % 4))
+        names = {link.name for link in rtnl.dump_links(lab._ix.ns.rtnl_fd, "ix")}  # type: ignore[union-attr]
+        ports = {n for n in names if n.startswith("r") and n[1:].isdigit()}
+        assert len(ports) == len(lab.routers())  # every router the kernel has, the lab knows
+
+
+async def test_a_bad_outdir_is_named_and_leaves_nothing_running(tmp_path: Path) -> None:
+    import threading
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(pb.PatchbayError, match=f"cannot write the lab's output under {blocker}/sub"):
+        async with pb.Lab(pb.LabOpts(outdir=blocker / "sub")):
+            pass
+    assert {t.name for t in threading.enumerate()} == before

@@ -111,9 +111,10 @@ class NftContext:
 
     def __init__(self, ns_fd: int, node: str) -> None:
         self._node = node
-        self._ctx = lib.pb_nft_new(ns_fd, home_netns_fd())
+        err = ffi.new("int *")
+        self._ctx = lib.pb_nft_new(ns_fd, home_netns_fd(), err)
         if self._ctx == ffi.NULL:
-            raise NftError("open libnftables context", 12, node=node)
+            raise NftError("open a libnftables context in the namespace", err[0], node=node)
 
     def run(self, ns_fd: int, command: str, *, json: bool = False, check_only: bool = False) -> str:
         """Run `command` as one transaction; check_only parses and validates without applying."""

@@ -47,9 +47,9 @@ class NamespaceFactory:
                 with self._cond:
                     self._ready.append(ns)
                     self._cond.notify_all()
-        except PatchbayError as exc:
+        except BaseException as exc:  # whatever it is, take() must not wait for it forever
             with self._cond:
-                self._error = exc
+                self._error = exc if isinstance(exc, PatchbayError) else PatchbayError(f"namespace factory: {exc!r}")
                 self._cond.notify_all()
         finally:
             native.close_home_netns_fd()
@@ -57,8 +57,8 @@ class NamespaceFactory:
     def take(self, node: str, sysctls: Mapping[str, str]) -> NetNs:
         """A fresh namespace for `node`, with `sysctls` (beyond the base ones) written."""
         with self._cond:
-            while not self._ready and self._error is None and not self._stopped:
-                self._cond.wait()
+            while not self._ready and self._error is None and not self._stopped and self._thread.is_alive():
+                self._cond.wait(0.5)
             ns = self._ready.popleft() if self._ready else None
             self._cond.notify_all()
         if ns is None:

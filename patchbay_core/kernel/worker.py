@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..errors import PatchbayError
 from ..futures import wait_future
 from . import native
 
@@ -26,6 +27,8 @@ _STOP = object()
 class KernelWorker:
     def __init__(self, label: str) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._main, name=f"patchbay-kernel-{label}", daemon=True)
         self._thread.start()
 
@@ -57,7 +60,10 @@ class KernelWorker:
             except BaseException as exc:
                 fut.set_exception(exc)
             return fut
-        self._queue.put((fut, fn, args))
+        with self._lock:  # never behind the stop marker
+            if self._stopped:
+                raise PatchbayError("the lab is closed")
+            self._queue.put((fut, fn, args))
         return fut
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -69,7 +75,10 @@ class KernelWorker:
         return await wait_future(self.submit(fn, *args))
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._thread.is_alive():
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
             self._queue.put(_STOP)
-            if not self.on_thread():
-                self._thread.join(timeout)
+        if not self.on_thread():
+            self._thread.join(timeout)

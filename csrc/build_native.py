@@ -10,7 +10,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["netns.c", "rtnl.c", "nft.c", "proc.c", "userns.c", "wire.c"]
+SOURCES = ["netns.c", "mntns.c", "rtnl.c", "nft.c", "proc.c", "userns.c", "wire.c"]
 
 
 def _cdef_text() -> str:

@@ -26,6 +26,14 @@ int pb_sysctl_read(int ns_fd, int home_fd, const char *path, char *out, size_t o
 /* A netlink socket (NETLINK_ROUTE 0, NETLINK_NETFILTER 12, ...) bound inside ns_fd. */
 int pb_netlink_socket_in(int ns_fd, int home_fd, int protocol);
 
+/* ---- mount namespaces (mntns.c) ---- */
+/* A mount namespace in which every "source=target\n" line of `binds` is bind-mounted (made on
+ * a thread of its own; the caller's view never changes). Returns its fd in *fd_out. */
+int pb_mntns_new(const char *binds, int *fd_out, char *err, size_t errlen);
+/* Move the calling thread into the mount namespace `fd` (after unsharing its fs attributes),
+ * keeping its working directory. Also safe in a freshly forked child. */
+int pb_mntns_enter(int fd);
+
 /* ---- rtnetlink batches (rtnl.c) ---- */
 struct pb_batch;
 struct pb_batch *pb_batch_new(void);

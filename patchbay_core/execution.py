@@ -7,7 +7,10 @@ Per node, made lazily on first use:
 - a sync worker thread for `run_sync`;
 - one fresh thread per `spawn_thread`.
 Each thread enters the namespace with setns(2) before running anything, so every socket made
-there belongs to the node.
+there belongs to the node. It also enters the node's mount namespace (see `dns.py`), where
+/etc/hosts and /etc/resolv.conf are the lab's: name lookups from the node's code see the lab's
+names. (A thread in its own mount namespace keeps its own working directory: a later
+`os.chdir` of the main thread does not reach node threads.)
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .errors import NetlinkError, NodeGone
-from .kernel.native import lib
+from .kernel.native import lib, mntns_enter
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -38,12 +41,19 @@ def enter_netns(fd: int, node: str) -> None:
         raise NetlinkError("setns into the node's network namespace", -rc, node=node)
 
 
+def enter_node(ns_fd: int, mnt_fd: int, node: str) -> None:
+    """Move the calling thread into the node: its network and its mount namespace."""
+    enter_netns(ns_fd, node)
+    mntns_enter(mnt_fd, node)
+
+
 class NodeRuntime:
     """The threads of one node. `close()` ends them all."""
 
-    def __init__(self, node: str, ns_fd: int) -> None:
+    def __init__(self, node: str, ns_fd: int, mnt_fd: int) -> None:
         self.node = node
         self._ns_fd = ns_fd
+        self._mnt_fd = mnt_fd
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -70,7 +80,7 @@ class NodeRuntime:
 
     def _loop_main(self, ready: concurrent.futures.Future[asyncio.AbstractEventLoop]) -> None:
         try:
-            enter_netns(self._ns_fd, self.node)
+            enter_node(self._ns_fd, self._mnt_fd, self.node)
             loop = asyncio.new_event_loop()
         except BaseException as exc:
             ready.set_exception(exc)
@@ -138,7 +148,7 @@ class NodeRuntime:
 
     def _sync_main(self, q: queue.SimpleQueue[Any], ready: concurrent.futures.Future[None]) -> None:
         try:
-            enter_netns(self._ns_fd, self.node)
+            enter_node(self._ns_fd, self._mnt_fd, self.node)
         except BaseException as exc:
             ready.set_exception(exc)
             return
@@ -161,7 +171,7 @@ class NodeRuntime:
 
         def main() -> None:
             try:
-                enter_netns(self._ns_fd, self.node)
+                enter_node(self._ns_fd, self._mnt_fd, self.node)
                 if fut.set_running_or_notify_cancel():
                     fut.set_result(fn(*args))
             except BaseException as exc:

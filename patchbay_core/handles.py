@@ -11,7 +11,7 @@ import inspect
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import NodeGone, TopologyError
@@ -118,6 +118,8 @@ class DeviceIface:
     router: Router
     prefixlen: int
     gateway: IPv4Address | None
+    link_up: bool = True
+    extra_ips: tuple[IPv4Interface, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ class Device(NodeHandle):
         i = state.ifaces[name]
         return DeviceIface(
             name=i.name, ip=i.ip, ip6=None, ll6=None, router=Router(self._lab, i.router),
-            prefixlen=i.attachment.subnet.prefixlen, gateway=i.attachment.gateway,
+            prefixlen=i.attachment.subnet.prefixlen, gateway=i.attachment.gateway, link_up=i.admin_up,
+            extra_ips=tuple(i.extra_ips),
         )
 
     async def set_link_condition(self, iface: str, condition: LinkCondition | LinkLimits | str | dict | None,
@@ -170,6 +173,53 @@ class Device(NodeHandle):
         """Impair what the interface sends ("up"), receives ("down") or both; None clears the
         direction(s) given and leaves the other as it was."""
         await self._lab._set_link_condition(self._alive(), iface, condition, direction)  # type: ignore[arg-type]
+
+    async def replug_iface(self, iface: str, router: Router | str) -> IPv4Address:
+        """Move `iface` to another router (a new address from its pool, routes fixed); returns
+        the new address."""
+        return await self._lab._rewire.replug_iface(self._device(), iface, router)
+
+    async def set_default_route(self, iface: str) -> None:
+        """Route everything off-link through `iface` (a Wi-Fi -> cellular hand-off, a VPN)."""
+        await self._lab._rewire.set_default_route(self._device(), iface)
+
+    async def link_down(self, iface: str) -> None:
+        """Take the link down: everything sent to or from it is lost until `link_up`."""
+        await self._lab._rewire.set_link(self._device(), iface, up=False)
+
+    async def link_up(self, iface: str) -> None:
+        await self._lab._rewire.set_link(self._device(), iface, up=True)
+
+    async def renew_ip(self, iface: str) -> IPv4Address:
+        """A new address on the same network; the old one is gone. Returns the new one."""
+        return await self._lab._rewire.renew_ip(self._device(), iface)
+
+    async def add_iface(self, name: str, router: Router | str,
+                        condition: LinkCondition | LinkLimits | str | dict | None = None) -> DeviceIface:
+        await self._lab._rewire.add_iface(self._device(), name, router, condition)
+        return self.iface(name)
+
+    async def remove_iface(self, name: str) -> None:
+        """Unplug and delete an interface (not the last one)."""
+        await self._lab._rewire.remove_iface(self._device(), name)
+
+    async def add_ip(self, iface: str, ip_with_prefix: str) -> IPv4Interface:
+        """A secondary address on `iface`, e.g. "10.8.0.2/24"."""
+        return await self._lab._rewire.add_ip(self._device(), iface, ip_with_prefix)
+
+    def dns_entry(self, name: str, ip: str | IPv4Address | IPv6Address) -> None:
+        """Resolve `name` to `ip` in this device only (shadows a lab-wide entry of that name)."""
+        from .dns import check_ip, check_name
+
+        state = self._device()
+        self._lab._names.add_node_entry(state.name, check_name(name, state.name),
+                                        check_ip(ip, state.name, "dns_entry"))
+        self._lab._event("dns_entry_added", state.name, name=name, ip=str(ip))
+
+    def _device(self) -> DeviceState:
+        state = self._alive()
+        assert isinstance(state, DeviceState)
+        return state
 
     def link_stats(self, iface: str, direction: str = "up") -> WireStats | None:
         """Counters of the wire shaping this interface's direction (None: not shaped)."""

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import anyio
 from . import diagnostics, link_shaping, netplan, router_rules
 from .builders import DeviceBuilder, RouterBuilder
 from .diagnostics import MappingEntry
+from .dns import LabNames, check_ip, check_name
 from .errors import NetlinkError, PatchbayError, TopologyError
 from .execution import NodeRuntime
 from .firewall import Firewall, FirewallConfig
@@ -50,6 +51,7 @@ from .outdir import LabOutput
 from .plugins import lookup_preset
 from .processes import Spawner
 from .regions import DEFAULT_LATENCIES, DEFAULT_REGIONS, RegionLink, first_hops, link_addresses
+from .rewire import Rewiring
 from .routers import IpSupport, Pool, RouterPreset, RouterSpec
 from .rules import PortForward, RuleContext
 from .topology import (
@@ -62,8 +64,11 @@ from .topology import (
     RegionState,
     RouterConfig,
     RouterState,
+    ns_of,
 )
 from .userns import ping_group_range
+
+_ns = ns_of
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,8 @@ class Lab:
         self._ping_range = ping_group_range()
         self._shaper = link_shaping.LinkShaper(self.opts.seed)
         self._default_emulation = link_shaping.emulation_from_env()
+        self._names = LabNames(self.label)
+        self._rewire = Rewiring(self)
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -182,6 +189,8 @@ class Lab:
             if self._spawner is not None:
                 with _logged("ending the lab's processes"):
                     self._spawner.close()
+            with _logged("removing the lab's name files"):
+                self._names.close()
             if self._kernel is not None:
                 try:
                     self._kernel.call(self._teardown, nodes)
@@ -273,6 +282,49 @@ class Lab:
         if state is None or not state.alive:
             raise TopologyError(f"no device named {name!r} in lab {self.label!r}", node=name)
         return Device(self, state)
+
+    @classmethod
+    async def load(cls, path: str | os.PathLike[str], opts: LabOpts | None = None) -> Lab:
+        """A lab built from a topology TOML file (see docs/topology.md); closed again if the
+        file or the build fails."""
+        from .topofile import load_lab
+
+        return await load_lab(path, opts)
+
+    async def remove_device(self, device: Device | str) -> None:
+        """End a device: its code, its processes, its interfaces. Its handles raise NodeGone."""
+        await self._rewire.remove_device(self._resolve_device(device, "remove_device"))
+
+    async def remove_router(self, router: Router | str) -> None:
+        """End a router; refused (naming them) while devices or routers hang on it."""
+        await self._rewire.remove_router(self._resolve_router(router, "remove_router", "router"))
+
+    def _resolve_device(self, ref: Device | str, field: str) -> DeviceState:
+        if isinstance(ref, Device):
+            if ref._lab is not self:
+                raise TopologyError(f"device {ref.name!r} belongs to another lab", node=ref.name, field=field)
+            state = ref._state
+        else:
+            found = self._devices.get(str(ref))
+            if found is None:
+                known = ", ".join(self._devices) or "none"
+                raise TopologyError(f"unknown device {ref!r} (devices: {known})", node=str(ref), field=field)
+            state = found
+        if not state.alive:
+            raise TopologyError("was removed already", node=state.name, field=field)
+        return state
+
+    # ---- names ----------------------------------------------------------------------------
+
+    def dns_entry(self, name: str, ip: str | IPv4Address | IPv6Address) -> None:
+        """Resolve `name` to `ip` in every node (its /etc/hosts), now and for nodes made later."""
+        self._names.add_lab_entry(check_name(name, "lab"), check_ip(ip, "lab", "dns_entry"))
+        self._event("dns_entry_added", None, name=name, ip=str(ip))
+
+    def set_nameserver(self, ip: str | IPv4Address | IPv6Address) -> None:
+        """The nameserver every node's /etc/resolv.conf names (a server inside the lab)."""
+        self._names.set_nameserver(check_ip(ip, "lab", "set_nameserver"))
+        self._event("nameserver_set", None, ip=str(ip))
 
     # ---- routers ---------------------------------------------------------------------------
 
@@ -628,14 +680,25 @@ class Lab:
             raise TopologyError(f"no forward of {proto} port {port} (forwards: {known})", node=state.name,
                                 field="port_forward")
 
-        def remove() -> None:
-            if fwd.device_ip is not None and router_rules.PORTFWD_TABLE in state.tables:
-                element = router_rules.forward_element(PortForward(fwd.proto, fwd.port, fwd.device_ip, fwd.device_port))
-                _ns(state).nft(f"delete element ip {router_rules.PORTFWD_TABLE} forwards {{ {element} }}")
-
-        await self._check_open().run(remove)
+        await self._check_open().run(self._uninstall_forward, state, fwd)
         del state.forwards[(fwd.proto, fwd.port)]
         self._event("port_forward_removed", state.name, proto=fwd.proto, port=fwd.port)
+
+    def _uninstall_forward(self, state: RouterState, fwd: ForwardState) -> None:
+        if fwd.device_ip is not None and router_rules.PORTFWD_TABLE in state.tables:
+            element = router_rules.forward_element(PortForward(fwd.proto, fwd.port, fwd.device_ip, fwd.device_port))
+            _ns(state).nft(f"delete element ip {router_rules.PORTFWD_TABLE} forwards {{ {element} }}")
+
+    def _retarget_forwards(self, device: str, router: RouterState, old_ip: IPv4Address,
+                           new_ip: IPv4Address | None) -> None:
+        """Kernel thread: forwards of `router` to `device` at `old_ip` now go to `new_ip` (None:
+        the device left; they wait until it comes back)."""
+        for fwd in router.forwards.values():
+            if fwd.device == device and fwd.device_ip == old_ip:
+                self._uninstall_forward(router, fwd)
+                fwd.device_ip = new_ip
+                if new_ip is not None:
+                    self._install_forward(router, fwd)
 
     def _resolve_forwards_for(self, device: DeviceState) -> None:
         """Kernel thread: forwards that named this device before it existed get its address."""
@@ -785,6 +848,11 @@ class Lab:
         self._shaper.set(("down", device.name, iface.name), _ns(router), router.lan.ifindex, netplan.LAN_IFACE,
                          iface.down_prio, iface.ip, down, router.lan.mtu)
 
+    def _unshape(self, device: DeviceState, iface: DeviceIfaceState) -> None:
+        """Kernel thread: take away both wires of a device interface (before its link goes)."""
+        self._shaper.set(("up", device.name, iface.name), _ns(device), iface.ifindex, iface.name, 1, None, None)
+        self._shaper.set(("down", device.name, iface.name), _ns(iface.router), 0, "", 0, None, None)
+
     async def _set_link_condition(self, device: DeviceState, iface_name: str, condition: object,
                                   direction: str) -> None:
         if direction not in ("up", "down", "both"):
@@ -867,18 +935,7 @@ class Lab:
                 up = link_shaping.limits_of(request.condition, name, field)
                 if request.condition is None:
                     up = self._default_emulation
-                assert router.lan is not None and router.config is not None
-                pool = router.lan.pool
-                try:
-                    ip = pool.allocate()
-                except PoolExhausted:
-                    raise TopologyError(
-                        f"router {router.name!r} has no address left in {pool.cidr}", node=name, field=field
-                    ) from None
-                attachment = LanPlug(
-                    iface=request.name, ifindex=state.alloc_ifindex(), lower_ifindex=router.lan.lower_ifindex,
-                    ip=ip, subnet=pool.cidr, gateway=pool.gateway, mtu=_min_mtu(mtu, router.config.mtu),
-                )
+                attachment = self._plan_plug(state, request.name, router, field, ifindex=state.alloc_ifindex())
                 state.ifaces[request.name] = DeviceIfaceState(request.name, router, attachment, up=up)
             default = builder.default_via_name
             if default is not None and default not in state.ifaces:
@@ -892,6 +949,19 @@ class Lab:
         for iface in state.ifaces.values():
             iface.router.children.append(state)
         return state
+
+    def _plan_plug(self, device: DeviceState, iface: str, router: RouterState, field: str, *,
+                   ifindex: int) -> LanPlug:
+        """An address on `router`'s LAN for one of the device's interfaces."""
+        assert router.lan is not None and router.config is not None
+        pool = router.lan.pool
+        try:
+            ip = pool.allocate()
+        except PoolExhausted:
+            raise TopologyError(f"router {router.name!r} has no address left in {pool.cidr}", node=device.name,
+                                field=field) from None
+        return LanPlug(iface=iface, ifindex=ifindex, lower_ifindex=router.lan.lower_ifindex, ip=ip, subnet=pool.cidr,
+                       gateway=pool.gateway, mtu=_min_mtu(device.mtu, router.config.mtu))
 
     def _release_device_addresses(self, state: DeviceState) -> None:
         for iface in state.ifaces.values():
@@ -953,9 +1023,9 @@ class Lab:
     def _unmake_device(self, state: DeviceState) -> None:
         """Kernel thread: undo a made device (its namespace, wires and forwards)."""
         if state.ns is not None:
-            self._shaper.drop_node(state.ns.inode)
             for iface in state.ifaces.values():
-                self._shaper.set(("down", state.name, iface.name), _ns(iface.router), 0, "", 0, None, None)
+                self._unshape(state, iface)
+            self._shaper.drop_node(state.ns.inode)
             state.ns.close()
             state.ns = None
 
@@ -986,7 +1056,7 @@ class Lab:
         with self._lock:
             if state.runtime is None:
                 assert state.ns is not None
-                state.runtime = NodeRuntime(state.name, state.ns.fd)
+                state.runtime = NodeRuntime(state.name, state.ns.fd, self._names.mount_ns(state.name))
             return state.runtime
 
     def _spawn_command(self, state: NodeState, argv: Sequence[str], popen_kw: dict[str, Any]) -> Future[Any]:
@@ -1005,7 +1075,7 @@ class Lab:
                     log_file = open(self._output.node_log(state.kind, state.name, stream), "ab")  # noqa: SIM115
                     opened.append(log_file)
                     kwargs[stream] = log_file
-        fut = spawner.submit(state.ns.fd, state.name, argv, kwargs)
+        fut = spawner.submit(state.ns.fd, self._names.mount_ns(state.name), state.name, argv, kwargs)
 
         def after(done: Future[subprocess.Popen[Any]]) -> None:
             for log_file in opened:
@@ -1055,11 +1125,6 @@ def _is_below(router: RouterState, ancestor: RouterState) -> bool:
 
 def _describe(value: object) -> object:
     return None if value is None else {k: getattr(v, "value", v) for k, v in vars(value).items()}
-
-
-def _ns(node: NodeState) -> NetNs:
-    assert node.ns is not None, node.name
-    return node.ns
 
 
 def _resolve_nat(value: Nat | NatConfig | str | None, node: str) -> NatConfig | None:

@@ -159,7 +159,12 @@ def base_sysctls(ping_group_range: str) -> dict[str, str]:
     Labs are IPv4 for now: interfaces made later get no IPv6 (no link-local address, DAD or
     MLD work at link-up, which is a good part of what link-up costs); `lo` keeps ::1.
     """
-    return {"net.ipv4.ping_group_range": ping_group_range, "net.ipv6.conf.default.disable_ipv6": "1"}
+    return {
+        "net.ipv4.ping_group_range": ping_group_range,
+        "net.ipv6.conf.default.disable_ipv6": "1",
+        # An address replaced on an interface (renew_ip) must not take its secondaries along.
+        "net.ipv4.conf.all.promote_secondaries": "1",
+    }
 
 
 def forwarding_sysctls(ping_group_range: str) -> dict[str, str]:

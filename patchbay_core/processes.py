@@ -4,7 +4,8 @@ All of a lab's children are forked by one spawner thread. That thread first unsh
 namespace and forks its init (a reaper in the C core), so every child and everything it
 forks (a shell's `&`, a daemon that double-forks) lives in that PID namespace. When the lab
 closes, or its process dies even by SIGKILL, the init exits and the kernel kills the rest.
-Before each fork the spawner enters the node's network namespace, so the child is born there.
+Before each fork the spawner enters the node's network namespace, so the child is born there;
+the child enters the node's mount namespace (its /etc/hosts and /etc/resolv.conf) before exec.
 Children also get PR_SET_PDEATHSIG, tied to the spawner thread.
 """
 
@@ -67,11 +68,11 @@ class Spawner:
                 item = self._queue.get()
                 if item is _STOP:
                     return
-                fut, ns_fd, node, argv, kwargs = item
+                fut, ns_fd, mnt_fd, node, argv, kwargs = item
                 if not fut.set_running_or_notify_cancel():
                     continue
                 try:
-                    fut.set_result(self._fork(home, ns_fd, node, argv, kwargs))
+                    fut.set_result(self._fork(home, ns_fd, mnt_fd, node, argv, kwargs))
                 except BaseException as exc:
                     fut.set_exception(exc)
         finally:
@@ -89,12 +90,15 @@ class Spawner:
         self._init_pid = init_pid[0]
 
     def _fork(
-        self, home: int, ns_fd: int, node: str, argv: Sequence[str], kwargs: dict[str, Any]
+        self, home: int, ns_fd: int, mnt_fd: int, node: str, argv: Sequence[str], kwargs: dict[str, Any]
     ) -> subprocess.Popen[Any]:
         user_preexec: Callable[[], Any] | None = kwargs.pop("preexec_fn", None)
 
         def preexec() -> None:
             lib.pb_set_pdeathsig(signal.SIGKILL)
+            rc = lib.pb_mntns_enter(mnt_fd)
+            if rc:
+                raise OSError(-rc, f"{node}: enter the node's mount namespace")
             if user_preexec is not None:
                 user_preexec()
 
@@ -112,13 +116,13 @@ class Spawner:
         return child
 
     def submit(
-        self, ns_fd: int, node: str, argv: Sequence[str], kwargs: dict[str, Any]
+        self, ns_fd: int, mnt_fd: int, node: str, argv: Sequence[str], kwargs: dict[str, Any]
     ) -> concurrent.futures.Future[subprocess.Popen[Any]]:
         fut: concurrent.futures.Future[subprocess.Popen[Any]] = concurrent.futures.Future()
         with self._lock:  # never behind the stop marker
             if self._closed:
                 raise PatchbayError("the lab is closed")
-            self._queue.put((fut, ns_fd, node, list(argv), kwargs))
+            self._queue.put((fut, ns_fd, mnt_fd, node, list(argv), kwargs))
         return fut
 
     def close(self, timeout: float = 10.0) -> None:
@@ -150,6 +154,22 @@ class Spawner:
             self._queue.put(_STOP)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+
+def kill_processes_in(netns_inode: int) -> int:
+    """SIGKILL every process living in the network namespace `netns_inode` (a node being
+    removed: its commands and whatever they forked). Returns how many were signalled."""
+    wanted, killed, me = f"net:[{netns_inode}]", 0, os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if os.readlink(f"/proc/{entry.name}/ns/net") == wanted:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to look at
+    return killed
 
 
 # ---- an anyio Process over a Popen -------------------------------------------------------

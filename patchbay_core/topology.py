@@ -6,7 +6,7 @@ Plain state, guarded by the lab's lock. Handles (`handles.py`) read it; the lab 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from .firewall import FirewallConfig
@@ -152,6 +152,8 @@ class DeviceIfaceState:
     up: LinkLimits | None = None  # what the device sends
     down: LinkLimits | None = None  # what it receives from its router
     down_prio: int = 0  # its filter on the router's LAN, once it has one
+    admin_up: bool = True  # link_down() / link_up()
+    extra_ips: list[IPv4Interface] = field(default_factory=list)  # add_ip(): kept across replugs
 
     @property
     def ifindex(self) -> int:
@@ -177,11 +179,18 @@ class DeviceState(NodeState):
                 {
                     "name": i.name, "router": i.router.name, "ip": str(i.ip),
                     "prefixlen": i.attachment.subnet.prefixlen, "gateway": str(i.attachment.gateway),
+                    "link_up": i.admin_up, "extra_ips": [str(x) for x in i.extra_ips],
                     "up": _describe(i.up), "down": _describe(i.down),
                 }
                 for i in self.ifaces.values()
             ],
         }
+
+
+def ns_of(node: NodeState) -> NetNs:
+    """The node's namespace (it must be built)."""
+    assert node.ns is not None, node.name
+    return node.ns
 
 
 def _describe(value: object) -> object:

@@ -37,7 +37,11 @@ ROOTLESS_LAB = textwrap.dedent(
             async for chunk in proc.stdout:
                 listing += chunk
             await proc.wait()
-            print(result.received, b"eth0:" in listing, os.getuid())
+            lab.dns_entry("b.lab", b.ip)  # names work too: the node's own mount namespace
+            proc = await a.spawn_command(["getent", "hosts", "b.lab"], stdout=-1)
+            named = (await proc.stdout.receive()).split()[0].decode()
+            await proc.wait()
+            print(result.received, b"eth0:" in listing, os.getuid(), named == str(b.ip))
 
     anyio.run(main)
     """
@@ -92,7 +96,7 @@ def test_an_unprivileged_user_builds_a_lab_and_pings(readable_pythonpath: str) -
         capture_output=True, text=True, timeout=60, cwd="/tmp",
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["2", "True", "0"]
+    assert out.stdout.split() == ["2", "True", "0", "True"]
 
 
 def test_a_forbidding_kernel_gets_an_error_naming_the_sysctl(readable_pythonpath: str) -> None:

@@ -72,6 +72,24 @@ def netns_new(sysctls: Mapping[str, str], node: str, *, stay: bool = False) -> t
     return ns_fd[0], rtnl_fd[0]
 
 
+def mntns_new(binds: Mapping[str, str], node: str) -> int:
+    """A mount namespace in which each `source: target` file is bind-mounted; returns its fd."""
+    fd = ffi.new("int *")
+    err, errlen = errbuf()
+    text_binds = "".join(f"{src}={dst}\n" for src, dst in binds.items()).encode()
+    rc = lib.pb_mntns_new(text_binds, fd, err, errlen)
+    if rc:
+        raise NetlinkError("create the node's mount namespace", -rc, node=node, detail=text(err))
+    return int(fd[0])
+
+
+def mntns_enter(fd: int, node: str) -> None:
+    """Move the calling thread into mount namespace `fd`, keeping its working directory."""
+    rc = lib.pb_mntns_enter(fd)
+    if rc:
+        raise NetlinkError("enter the node's mount namespace", -rc, node=node)
+
+
 def sysctl_write(ns_fd: int, values: Mapping[str, str], node: str) -> None:
     err, errlen = errbuf()
     rc = lib.pb_sysctl_write(ns_fd, home_netns_fd(), sysctl_text(values), err, errlen)

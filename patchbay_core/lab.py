@@ -35,7 +35,7 @@ from . import diagnostics, link_shaping, netplan, router_rules
 from .builders import DeviceBuilder, RouterBuilder
 from .diagnostics import MappingEntry
 from .dns import LabNames, check_ip, check_name
-from .errors import NetlinkError, PatchbayError, TopologyError
+from .errors import NetlinkError, NftError, PatchbayError, TopologyError
 from .execution import NodeRuntime
 from .firewall import Firewall, FirewallConfig
 from .futures import wait_future
@@ -562,6 +562,7 @@ class Lab:
             wan_ip=state.uplink.ip if state.uplink else None, lan_cidr=state.pool.cidr,
             port_forwards=tuple(PortForward(f.proto, f.port, f.device_ip, f.device_port)  # type: ignore[arg-type]
                                 for f in forwards),
+            reserved_ports=tuple(state.forwards),
         )
 
     def _rule_parts(self, state: RouterState) -> list[router_rules.RulePart]:
@@ -658,8 +659,13 @@ class Lab:
                                 field="port_forward")
         fwd.device_ip = iface.ip
         state.forwards[(fwd.proto, fwd.port)] = fwd
+
+        def install() -> None:
+            self._install_forward(state, fwd)
+            self._reserve_port(state, fwd, reserve=True)
+
         try:
-            await self._check_open().run(self._install_forward, state, fwd)
+            await self._check_open().run(install)
         except BaseException:
             del state.forwards[(fwd.proto, fwd.port)]
             raise
@@ -680,7 +686,11 @@ class Lab:
             raise TopologyError(f"no forward of {proto} port {port} (forwards: {known})", node=state.name,
                                 field="port_forward")
 
-        await self._check_open().run(self._uninstall_forward, state, fwd)
+        def uninstall() -> None:
+            self._uninstall_forward(state, fwd)
+            self._reserve_port(state, fwd, reserve=False)
+
+        await self._check_open().run(uninstall)
         del state.forwards[(fwd.proto, fwd.port)]
         self._event("port_forward_removed", state.name, proto=fwd.proto, port=fwd.port)
 
@@ -688,6 +698,17 @@ class Lab:
         if fwd.device_ip is not None and router_rules.PORTFWD_TABLE in state.tables:
             element = router_rules.forward_element(PortForward(fwd.proto, fwd.port, fwd.device_ip, fwd.device_port))
             _ns(state).nft(f"delete element ip {router_rules.PORTFWD_TABLE} forwards {{ {element} }}")
+
+    def _reserve_port(self, state: RouterState, fwd: ForwardState, *, reserve: bool) -> None:
+        """Keep the NAT table's `reserved` set (see RuleContext) equal to the forwarded ports."""
+        if router_rules.NAT_TABLE not in state.tables:
+            return
+        verb = "add" if reserve else "delete"
+        try:
+            _ns(state).nft(f"{verb} element ip {router_rules.NAT_TABLE} reserved {{ {fwd.proto} . {fwd.port} }}")
+        except NftError as exc:
+            if exc.errno != errno.ENOENT:  # a NAT plugin without the set: nothing to keep
+                raise
 
     def _retarget_forwards(self, device: str, router: RouterState, old_ip: IPv4Address,
                            new_ip: IPv4Address | None) -> None:
@@ -726,7 +747,7 @@ class Lab:
         target = Path(path)
         target.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            nodes = [n for n in (self._ix, *self._routers.values(), *self._devices.values()) if n.alive]
+            nodes = [n for n in (self._ix, *self._all_routers(), *self._devices.values()) if n.alive]
         await self._check_open().run(diagnostics.write_all, nodes, target)
         return target
 

@@ -22,6 +22,11 @@ class RuleContext:
     deletes tables of that name before applying new text, so a NAT or firewall can be swapped
     at runtime. Interface names are matched with `iifname`/`oifname` (strings), never
     `iif`/`oif` (indexes resolved at load time).
+
+    `port_forwards`: the forwards whose device is plugged in now. `reserved_ports`: every
+    (proto, WAN port) the router forwards, now or once its device arrives; a NAT must not hand
+    them out as mappings. A NAT table that declares `set reserved { type inet_proto .
+    inet_service; }` has it kept equal to the forwarded ports by the core at runtime.
     """
 
     router: str
@@ -33,3 +38,4 @@ class RuleContext:
     wan_ip6: IPv6Address | None = None
     lan_cidr6: IPv6Network | None = None
     port_forwards: tuple[PortForward, ...] = field(default=())
+    reserved_ports: tuple[tuple[str, int], ...] = field(default=())

@@ -60,8 +60,10 @@ class _Generator:
         self.edm = config.mapping is NatMapping.ADDRESS_AND_PORT_DEPENDENT
         self.admits_unsolicited = config.filtering is not NatFiltering.ADDRESS_AND_PORT_DEPENDENT
         self.track_remotes = config.filtering is NatFiltering.ADDRESS_DEPENDENT or config.hairpin
-        # Ports forwarded when the router was built are never handed out as mappings.
-        self.reserved = sorted({f"{pf.proto} . {pf.port}" for pf in ctx.port_forwards})
+        # Forwarded ports are never handed out as mappings (the core keeps the set current
+        # when forwards are added or removed at runtime).
+        forwarded = {(pf.proto, pf.port) for pf in ctx.port_forwards} | set(ctx.reserved_ports)
+        self.reserved = sorted(f"{proto} . {port}" for proto, port in forwarded)
 
     def timeout(self, proto: str) -> int:
         return self.c.udp_stream_timeout if proto == "udp" else self.c.tcp_established_timeout
@@ -87,9 +89,8 @@ class _Generator:
             out.append(f"  map adm {{ type {key} : inet_service; {flags} }}")
         if self.track_remotes:
             out.append(f"  set seen_addr {{ type inet_proto . inet_service . ipv4_addr; {flags} }}")
-        if self.reserved:
-            elements = ", ".join(self.reserved)
-            out.append(f"  set reserved {{ type inet_proto . inet_service; elements = {{ {elements} }}; }}")
+        elements = f" elements = {{ {', '.join(self.reserved)} }};" if self.reserved else ""
+        out.append(f"  set reserved {{ type inet_proto . inet_service;{elements} }}")
         return out
 
     def admit(self, remote: str) -> str | None:
@@ -141,8 +142,7 @@ class _Generator:
             for mask in (0, *ALTERNATE_MASKS):
                 port = "th sport" if mask == 0 else f"th sport ^ {mask:#x}"
                 name = "preserved" if mask == 0 else "moved"
-                free = f"meta l4proto . {port} != @owner" + (
-                    f" meta l4proto . {port} != @reserved" if self.reserved else "")
+                free = f"meta l4proto . {port} != @owner meta l4proto . {port} != @reserved"
                 record = (f"update @{table} {{ {key} : {port} }} "
                           f"update @owner {{ meta l4proto . {port} : ip saddr . th sport }}")
                 snat = f'counter snat ip to {self.w} : {port} comment "nat.mapping_{name}"'

@@ -145,7 +145,10 @@ async def test_a_build_abandoned_by_its_caller_leaves_records_and_kernel_in_step
         for n in range(12):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lab.add_router(f"r{n}").build(), timeout=0.0005 * (n % 4))
-        names = {link.name for link in rtnl.dump_links(lab._ix.ns.rtnl_fd, "ix")}  # type: ignore[union-attr]
+        # Read the IX on the kernel thread: after every job still queued there (the abandoned
+        # builds finish on their own), and never beside it on the same netlink socket.
+        names = await lab._kernel.run(  # type: ignore[union-attr]
+            lambda: {link.name for link in rtnl.dump_links(lab._ix.ns.rtnl_fd, "ix")})  # type: ignore[union-attr]
         ports = {n for n in names if n.startswith("r") and n[1:].isdigit()}
         assert len(ports) == len(lab.routers())  # every router the kernel has, the lab knows
 

@@ -100,6 +100,61 @@ async def test_runtime_nat_change_and_flush(lab: pb.Lab) -> None:
     assert await inbound_arrives(dev, 7002, srv2, full[0])
     await nat.flush_nat_state()
     assert not await inbound_arrives(dev, 7002, srv2, full[0])
+    # And the next flow gets a new mapping: another host took the old port meanwhile.
+    rival = await lab.add_device("rival").iface("eth0", nat).build()
+    async with whoami(srv):
+        (rival_seen,) = await udp_reflexive(rival, 7002, targets[:1])
+        (again,) = await udp_reflexive(dev, 7002, targets[:1])
+    assert rival_seen == full[0] and again[1] != full[0][1]
+
+
+async def test_no_host_steals_another_hosts_inbound_on_a_shared_local_port(lab: pb.Lab) -> None:
+    """Endpoint-independent mappings of two hosts using one local port: unsolicited inbound
+    to each mapping reaches its own host only."""
+    srv = await public_server(lab)
+    stranger = await public_server(lab, "stranger")
+    nat = await lab.add_router("nat").nat(pb.Nat.FULL_CONE).build()
+    a = await lab.add_device("a").iface("eth0", nat).build()
+    b = await lab.add_device("b").iface("eth0", nat).build()
+    async with whoami(srv):
+        (a_public,) = await udp_reflexive(a, 40000, [(str(srv.ip), WHOAMI_PORT)])
+        (b_public,) = await udp_reflexive(b, 40000, [(str(srv.ip), WHOAMI_PORT)])
+    assert a_public != b_public
+    for target, other, public in ((a, b, a_public), (b, a, b_public)):
+        started = threading.Event()
+        got: dict[str, list[bytes]] = {}
+
+        async def listen(dev: pb.Device, got: dict[str, list[bytes]] = got,
+                         started: threading.Event = started) -> None:
+            got[dev.name] = [data for data, _ in await listen_udp(dev, 40000, 0.6, started)]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen, target)
+            tg.start_soon(listen, other)
+            await wait_for(started)
+            await anyio.sleep(0.05)
+            await send_udp(stranger, 9999, public, f"for-{target.name}".encode())
+        assert got[target.name] and set(got[target.name]) == {f"for-{target.name}".encode()}
+        assert got[other.name] == []
+
+
+async def test_forwarded_ports_are_never_handed_out_as_mappings(lab: pb.Lab) -> None:
+    srv = await public_server(lab)
+    nat = await lab.add_router("nat").nat(pb.Nat.FULL_CONE).port_forward("udp", 44000, "game").build()
+    other = await lab.add_device("other").iface("eth0", nat).build()
+    async with whoami(srv):
+        # The forward's device does not exist yet: its port is still reserved.
+        (seen,) = await udp_reflexive(other, 44000, [(str(srv.ip), WHOAMI_PORT)])
+        assert seen[1] != 44000
+        game = await lab.add_device("game").iface("eth0", nat).build()
+        await nat.add_port_forward("udp", 45000, game)  # at runtime too
+        (seen,) = await udp_reflexive(other, 45000, [(str(srv.ip), WHOAMI_PORT)])
+        assert seen[1] != 45000
+        await nat.remove_port_forward("udp", 45000)  # and released again: a new host gets it
+        third = await lab.add_device("third").iface("eth0", nat).build()
+        (seen,) = await udp_reflexive(third, 45000, [(str(srv.ip), WHOAMI_PORT)])
+        assert seen[1] == 45000
+    assert await inbound_arrives(game, 44000, srv, (str(nat.uplink_ip), 44000))
 
 
 async def test_port_forwards_reach_the_device_whatever_the_filtering(lab: pb.Lab) -> None:
@@ -151,6 +206,26 @@ async def _udp_ok(dev: pb.Device, host: str, port: int) -> bool:
     return await dev.spawn(run)
 
 
+def _udp_refused(dev: pb.Device, host: str, port: int) -> bool:
+    """A datagram to a closed port: the ICMP port-unreachable comes back (ECONNREFUSED)."""
+
+    def run() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, port))
+            sock.settimeout(0.5)
+            for _ in range(3):
+                sock.send(b"?")
+                try:
+                    sock.recv(100)
+                except ConnectionRefusedError:
+                    return True
+                except TimeoutError:
+                    continue
+        return False
+
+    return dev.run_sync(run)
+
+
 async def _servers(srv: pb.Device, ports: list[int]) -> None:
     async def tcp(_: pb.Device, port: int) -> None:
         listener = await anyio.create_tcp_listener(local_host=str(srv.ip), local_port=port)
@@ -186,8 +261,17 @@ async def test_firewall_presets_allow_exactly_their_ports(lab: pb.Lab) -> None:
         hotel_udp = {p for p in ports if await _udp_ok(guest, host, p)}
         assert (corp_tcp, corp_udp) == ({80, 443}, {53})
         assert (hotel_tcp, hotel_udp) == (set(ports), {53})
-        # ICMP errors keep flowing: an unreachable port still answers.
+        # ICMP keeps flowing: echo, and errors (a closed UDP port answers "port unreachable").
         assert (await office.ping(srv.ip)).received == 1
+        quiet = await lab.add_device("quiet").iface("eth0", lab.router("dc-srv")).build()  # nothing listens
+        assert _udp_refused(office, str(quiet.ip), 53)
+        # Presets swapped at runtime block and allow exactly their ports too.
+        await corp.set_firewall(pb.Firewall.CAPTIVE_PORTAL)
+        assert {p for p in ports if await _tcp_ok(office, host, p)} == set(ports)
+        assert {p for p in ports if await _udp_ok(office, host, p)} == {53}
+        await hotel.set_firewall(pb.Firewall.CORPORATE)
+        assert {p for p in ports if await _tcp_ok(guest, host, p)} == {80, 443}
+        assert {p for p in ports if await _udp_ok(guest, host, p)} == {53}
         await corp.set_firewall(pb.FirewallConfig.builder().allow_udp_ports([3478]).build())
         assert {p for p in ports if await _udp_ok(office, host, p)} == {3478}
         assert {p for p in ports if await _tcp_ok(office, host, p)} == set(ports)

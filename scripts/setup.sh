@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # libmnl/libnftables to build the C core; iproute2, nftables and conntrack for the tests'
 # cross-checks (the library itself never runs them); util-linux for setpriv/unshare; iperf3
 # for the link tests.
-PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmnl-dev libnftables-dev nftables iproute2 conntrack util-linux iperf3"
+PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmnl-dev libnftables-dev nftables iproute2 conntrack util-linux iperf3 tayga"
 missing=""
 for pkg in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
@@ -22,10 +22,20 @@ if [ -n "$missing" ]; then
 fi
 
 # The system Python (not a pyenv/conda one): unprivileged users must be able to run it for
-# the rootless tests.
+# the rootless tests. patchbay needs 3.11 or newer; where the distribution's python3 is older
+# (Ubuntu 22.04 has 3.10), its python3.11 packages are used.
+PYTHON=/usr/bin/python3
+if ! $PYTHON -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    PYTHON=/usr/bin/python3.11
+    if [ ! -x $PYTHON ]; then
+        echo "setup: installing python3.11 (the system python3 is older than 3.11)"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3.11 python3.11-dev python3.11-venv >/dev/null
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
-    /usr/bin/python3 -m venv .venv
+    $PYTHON -m venv .venv
     .venv/bin/pip install -q --upgrade pip
 fi
 echo "setup: installing patchbay (building the C core)"

@@ -11,15 +11,28 @@ class PatchbayError(Exception):
 
 
 class TopologyError(PatchbayError):
-    """A lab description that cannot be built: names the node and the field."""
+    """A lab description that cannot be built: names the node and the field. Mistakes in a
+    topology file also name the file, the line (best effort) and the key path."""
 
-    def __init__(self, message: str, *, node: str | None = None, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, node: str | None = None, field: str | None = None,
+        file: str | os.PathLike[str] | None = None, line: int | None = None, key: str | None = None,
+    ) -> None:
+        self.message = message  # without the prefixes, for callers that re-raise it elsewhere
         self.node = node
         self.field = field
+        self.file = None if file is None else str(file)
+        self.line = line
+        self.key = key
         prefix = ""
         if node is not None:
             prefix = f"{node}: " if field is None else f"{node}.{field}: "
-        super().__init__(prefix + message)
+        where = ""
+        if self.file is not None or line is not None:
+            where = (self.file or "<topology>") + (f":{line}" if line is not None else "") + ": "
+        if key is not None:
+            where += f"{key}: "
+        super().__init__(where + prefix + message)
 
 
 class NodeGone(PatchbayError):

@@ -170,3 +170,17 @@ int pb_netlink_socket_in(int ns_fd, int home_fd, int protocol)
 	}
 	return fd;
 }
+
+int pb_socket_in(int ns_fd, int home_fd, int domain, int type, int protocol)
+{
+	if (setns(ns_fd, CLONE_NEWNET))
+		return -errno;
+	int fd = socket(domain, type | SOCK_CLOEXEC, protocol);
+	int err = fd < 0 ? -errno : 0;
+	if (setns(home_fd, CLONE_NEWNET)) {
+		if (fd >= 0)
+			close(fd);
+		return -EIO;
+	}
+	return fd < 0 ? err : fd;
+}

@@ -25,6 +25,8 @@ int pb_sysctl_write(int ns_fd, int home_fd, const char *sysctls, char *err, size
 int pb_sysctl_read(int ns_fd, int home_fd, const char *path, char *out, size_t outlen);
 /* A netlink socket (NETLINK_ROUTE 0, NETLINK_NETFILTER 12, ...) bound inside ns_fd. */
 int pb_netlink_socket_in(int ns_fd, int home_fd, int protocol);
+/* Any socket(2) made inside ns_fd (it stays there for its whole life). */
+int pb_socket_in(int ns_fd, int home_fd, int domain, int type, int protocol);
 
 /* ---- mount namespaces (mntns.c) ---- */
 /* A mount namespace in which every "source=target\n" line of `binds` is bind-mounted (made on

@@ -347,7 +347,8 @@ int pb_batch_route(struct pb_batch *b, int op, int family, const uint8_t *dst, i
 	rtm->rtm_family = (uint8_t)family;
 	rtm->rtm_dst_len = (uint8_t)dst_len;
 	rtm->rtm_table = RT_TABLE_MAIN;
-	rtm->rtm_protocol = RTPROT_STATIC;
+	/* Deleting matches routes of any origin (static ones, and those learnt from RAs). */
+	rtm->rtm_protocol = op ? RTPROT_STATIC : RTPROT_UNSPEC;
 	rtm->rtm_type = blackhole ? RTN_BLACKHOLE : RTN_UNICAST;
 	/* A route with no gateway reaches its destination directly on the link. */
 	rtm->rtm_scope = op && !gw && !blackhole ? RT_SCOPE_LINK : op ? RT_SCOPE_UNIVERSE : RT_SCOPE_NOWHERE;

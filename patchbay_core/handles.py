@@ -11,11 +11,12 @@ import inspect
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import NodeGone, TopologyError
 from .futures import wait_future
+from .netplan import ROUTER_LINK_LOCAL
 from .ping import PingResult, ping
 from .processes import NodeProcess
 from .reflector import Reflector, start_reflector
@@ -119,7 +120,8 @@ class DeviceIface:
     prefixlen: int
     gateway: IPv4Address | None
     link_up: bool = True
-    extra_ips: tuple[IPv4Interface, ...] = ()
+    extra_ips: tuple[IPv4Interface | IPv6Interface, ...] = ()
+    gateway6: IPv6Address | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,10 @@ class Device(NodeHandle):
 
     @property
     def ip6(self) -> IPv6Address | None:
-        return None  # IPv6 addressing arrives with the IPv6 work; v4 only for now.
+        """IPv6 address (global or ULA) of the default interface."""
+        if not self._state.alive or self._state.default_iface is None:
+            return None
+        return self._state.ifaces[self._state.default_iface].ip6
 
     def default_iface(self) -> DeviceIface:
         state = self._alive()
@@ -162,10 +167,11 @@ class Device(NodeHandle):
             known = ", ".join(state.ifaces) or "none"
             raise TopologyError(f"no interface {name!r} (has: {known})", node=state.name)
         i = state.ifaces[name]
+        plug = i.attachment
         return DeviceIface(
-            name=i.name, ip=i.ip, ip6=None, ll6=None, router=Router(self._lab, i.router),
-            prefixlen=i.attachment.subnet.prefixlen, gateway=i.attachment.gateway, link_up=i.admin_up,
-            extra_ips=tuple(i.extra_ips),
+            name=i.name, ip=i.ip, ip6=i.ip6, ll6=plug.v6.ll if plug.v6 else None, router=Router(self._lab, i.router),
+            prefixlen=plug.subnet.prefixlen if plug.subnet else 0, gateway=plug.gateway, link_up=i.admin_up,
+            extra_ips=tuple(i.extra_ips), gateway6=plug.v6.gateway if plug.v6 else None,
         )
 
     async def set_link_condition(self, iface: str, condition: LinkCondition | LinkLimits | str | dict | None,
@@ -242,7 +248,27 @@ class Router(NodeHandle):
 
     @property
     def uplink_ip6(self) -> IPv6Address | None:
-        return None
+        """The router's WAN IPv6 address (None when its uplink has no IPv6)."""
+        uplink = self._state.uplink
+        if not self._state.alive or uplink is None or uplink.v6 is None:
+            return None
+        return uplink.v6.ip
+
+    @property
+    def downstream_cidr6(self) -> IPv6Network | None:
+        pool = self._state.pool6
+        return pool.cidr if pool and self._state.alive else None  # type: ignore[return-value]
+
+    @property
+    def gateway_ip6(self) -> IPv6Address | None:
+        """The router's IPv6 address on its downstream network."""
+        pool = self._state.pool6
+        return pool.gateway if pool and self._state.alive else None  # type: ignore[return-value]
+
+    @property
+    def npt_prefix6(self) -> IPv6Network | None:
+        """Under NPTv6: the outside prefix its downstream prefix maps onto."""
+        return self._state.npt_prefix6 if self._state.alive else None
 
     @property
     def downstream_cidr(self) -> IPv4Network | None:
@@ -298,10 +324,16 @@ class Router(NodeHandle):
         state = self._alive()
         assert isinstance(state, RouterState)
         out = []
-        if state.uplink is not None:
-            out.append(RouterIface(state.uplink.iface, state.uplink.ip, None, None, state.uplink.subnet.prefixlen))
-        if state.lan is not None:
-            out.append(RouterIface(state.lan.iface, state.lan.pool.gateway, None, None, state.lan.pool.prefixlen))
+        uplink = state.uplink
+        if uplink is not None:
+            v6 = uplink.v6
+            out.append(RouterIface(uplink.iface, uplink.ip, v6.ip if v6 else None, v6.ll if v6 else None,
+                                   uplink.subnet.prefixlen if uplink.subnet else 0))
+        lan = state.lan
+        if lan is not None:
+            out.append(RouterIface(lan.iface, lan.pool.gateway if lan.pool else None,  # type: ignore[arg-type]
+                                   lan.pool6.gateway if lan.pool6 else None,  # type: ignore[arg-type]
+                                   ROUTER_LINK_LOCAL if lan.pool6 else None, lan.pool.prefixlen if lan.pool else 0))
         return out
 
 

@@ -12,7 +12,7 @@ import pluggy
 
 from .firewall import FirewallConfig
 from .link import LinkLimits
-from .nat import NatConfig
+from .nat import NatConfig, NatV6Mode
 from .routers import RouterSpec
 from .rules import RuleContext
 
@@ -23,25 +23,21 @@ hookimpl = pluggy.HookimplMarker("patchbay")
 @hookspec
 def patchbay_nat_presets() -> dict[str, NatConfig]:
     """NAT presets by name (``"home"``, ...). Called when a name must become a NatConfig."""
-    raise NotImplementedError
 
 
 @hookspec
 def patchbay_firewall_presets() -> dict[str, FirewallConfig]:
     """Firewall presets by name (``"block-inbound"``, ...)."""
-    raise NotImplementedError
 
 
 @hookspec
 def patchbay_router_presets() -> dict[str, RouterSpec]:
     """Router presets by name (``"public"``, ``"home"``, ...): NAT, firewall, IP support, pool."""
-    raise NotImplementedError
 
 
 @hookspec
 def patchbay_link_presets() -> dict[str, LinkLimits]:
     """Link-condition presets by name (``"wifi"``, ``"mobile-4g"``, ...)."""
-    raise NotImplementedError
 
 
 @hookspec(firstresult=True)
@@ -53,11 +49,17 @@ def patchbay_nat_rules(config: NatConfig, ctx: RuleContext) -> str | None:
     should create its own tables (e.g. ``table ip nat { ... }``). Return None to let the next
     plugin decide.
     """
-    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def patchbay_nat6_rules(mode: NatV6Mode, ctx: RuleContext) -> str | None:
+    """nft ruleset text for IPv6 prefix translation (NatV6Mode.NPTV6: `ctx.lan_cidr6` <->
+    `ctx.npt_prefix6`, host part kept) or masquerade (NatV6Mode.MASQUERADE, behind
+    `ctx.wan_ip6`). NAT64 is the core's translator, not rule text. Same contract as
+    `patchbay_nat_rules`; the text must leave neighbour discovery alone."""
 
 
 @hookspec(firstresult=True)
 def patchbay_firewall_rules(config: FirewallConfig, ctx: RuleContext) -> str | None:
     """nft ruleset text implementing firewall `config` on the router described by `ctx`.
     Same contract as `patchbay_nat_rules`."""
-    raise NotImplementedError

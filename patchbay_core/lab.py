@@ -25,13 +25,13 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from . import diagnostics, link_shaping, netplan, router_rules
+from . import diagnostics, ipv6, link_shaping, netplan, nptv6, router_rules
 from .builders import DeviceBuilder, RouterBuilder
 from .diagnostics import MappingEntry
 from .dns import LabNames, check_ip, check_name
@@ -46,7 +46,7 @@ from .kernel.worker import KernelWorker
 from .nat import Nat, NatConfig, NatV6Mode
 from .netops import Addr, LinkDel, LinkSet, Route, VethPair
 from .netplan import AddressPool, IxPort, Lan, LanPlug, PoolExhausted, Uplink
-from .opts import LabOpts
+from .opts import Ipv6Dad, Ipv6Provisioning, LabOpts
 from .outdir import LabOutput
 from .plugins import lookup_preset
 from .processes import Spawner
@@ -103,6 +103,9 @@ class Lab:
         self._default_emulation = link_shaping.emulation_from_env()
         self._names = LabNames(self.label)
         self._rewire = Rewiring(self)
+        self._dad = self.opts.ipv6_dad is Ipv6Dad.ENABLED
+        self._ra_driven = self.opts.ipv6_provisioning is Ipv6Provisioning.RA_DRIVEN
+        self._ix_v6 = False
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -353,12 +356,12 @@ class Lab:
         nat = _resolve_nat(s.nat if s.nat is not None else spec.nat, name)
         firewall = _resolve_firewall(s.firewall if s.firewall is not None else spec.firewall, name)
         ip_support = s.ip_support or spec.ip_support or IpSupport.V4_ONLY
-        if ip_support is IpSupport.V6_ONLY:
-            raise TopologyError("IPv6-only routers are not available yet; use V4_ONLY or DUAL_STACK",
-                                node=name, field="ip_support")
         nat_v6 = s.nat_v6 or spec.nat_v6 or NatV6Mode.NONE
-        if nat_v6 is not NatV6Mode.NONE:
-            raise TopologyError("IPv6 NAT modes are not available yet", node=name, field="nat_v6")
+        if nat_v6 is not NatV6Mode.NONE and ip_support is IpSupport.V4_ONLY:
+            raise TopologyError(f"nat_v6 {nat_v6.value} needs IPv6 downstream: use ip_support DUAL_STACK or V6_ONLY",
+                                node=name, field="nat_v6")
+        if nat_v6 is NatV6Mode.NAT64:
+            raise TopologyError("NAT64 is not available yet", node=name, field="nat_v6")
         # The pool: asked for, else the preset's, else the NAT model's, else public unless NATed.
         pool = s.pool or spec.pool or (nat.downstream_pool if nat else None) or (Pool.PRIVATE if nat else Pool.PUBLIC)
         mtu = _check_mtu(s.mtu, name)
@@ -379,7 +382,9 @@ class Lab:
                                     node=name, field="region")
             parent = self._resolve_region(s.region, name).router
 
-        cidr = self._pick_downstream_cidr(s.downstream_cidr, pool, nat is not None, parent, name)
+        has_v4, has_v6 = ip_support is not IpSupport.V6_ONLY, ip_support is not IpSupport.V4_ONLY
+        cidr = self._pick_downstream_cidr(s.downstream_cidr, pool, nat is not None, parent, name) if has_v4 else None
+        cidr6 = self._pick_downstream_cidr6(pool, name) if has_v6 else None
         state = RouterState(
             kind="router", name=name, id=next(self._ids), parent=parent, forwards=forwards,
             auto_pool=s.downstream_cidr is None,
@@ -390,13 +395,19 @@ class Lab:
             downlink=downlink,
         )
         state.lan = Lan(lower_name=f"l{state.id}", lower_ifindex=self._ix.alloc_ifindex(),
-                        ifindex=state.alloc_ifindex(), pool=AddressPool(cidr), mtu=mtu)
+                        ifindex=state.alloc_ifindex(), pool=AddressPool(cidr) if cidr else None, mtu=mtu,
+                        pool6=AddressPool(cidr6) if cidr6 else None, dad=self._dad)
         try:
+            if nat_v6 is NatV6Mode.NPTV6:
+                assert isinstance(cidr6, IPv6Network)
+                state.npt_prefix6 = self._pick_npt_prefix(cidr6, name)
             if not s.isolated:
                 state.uplink = self._plan_router_uplink(state, parent)
         except BaseException:
-            if s.downstream_cidr is None:
+            if s.downstream_cidr is None and cidr is not None:
                 self._pools.release(cidr)
+            if cidr6 is not None:
+                self._pools.release(cidr6)
             raise
         state.pool_routes = self._plan_pool_routes(state)
         self._nodes[name] = state
@@ -419,7 +430,8 @@ class Lab:
         """The router's pool. Automatic pools avoid every range in use. An explicit one may
         overlap only another NATed LAN outside its own chain (two homes on 192.168.1.0/24):
         never the IX, a routed pool, or a pool it sits behind."""
-        in_use = [netplan.IX_CIDR, *(r.pool.cidr for r in self._all_routers() if r.pool)]
+        in_use: list[IPv4Network | IPv6Network] = [netplan.IX_CIDR]
+        in_use += [r.pool.cidr for r in self._all_routers() if r.pool]
         if requested is None:
             try:
                 return self._pools.next_cidr(pool.value, in_use)
@@ -437,7 +449,7 @@ class Lab:
             chain.add(hop.name)
             hop = hop.parent
         for other in self._all_routers():
-            if other.pool is None or not cidr.overlaps(other.pool.cidr):
+            if other.pool is None or not cidr.overlaps(other.pool.cidr):  # type: ignore[arg-type]
                 continue
             assert other.config is not None
             if not nat or other.config.nat is None or other.name in chain:
@@ -447,48 +459,104 @@ class Lab:
             raise TopologyError(f"{cidr} overlaps the IX {netplan.IX_CIDR}", node=node, field="downstream_cidr")
         return cidr
 
+    def _pick_downstream_cidr6(self, pool: Pool, node: str) -> IPv6Network:
+        """Public pools are GUA-like (2001:db8:1:N::/64), private ones ULA (fd10:0:0:N::/64)."""
+        kind = "public6" if pool is Pool.PUBLIC else "private6"
+        try:
+            cidr = self._pools.next_cidr(kind)
+        except IndexError:
+            raise TopologyError(f"no {kind} IPv6 downstream pool left", node=node, field="pool") from None
+        assert isinstance(cidr, IPv6Network)
+        return cidr
+
+    def _pick_npt_prefix(self, inside: IPv6Network, node: str) -> IPv6Network:
+        outside = nptv6.neutral_prefix(inside)
+        for other in self._all_routers():
+            if other.npt_prefix6 == outside:
+                raise TopologyError(f"NPTv6 prefix {outside} is taken by router {other.name!r}", node=node,
+                                    field="nat_v6")
+        return outside
+
     def _all_routers(self) -> list[RouterState]:
         return [*self._routers.values(), *(region.router for region in self._regions.values())]
 
     def _plan_router_uplink(self, state: RouterState, parent: RouterState | None) -> Uplink:
-        assert state.config is not None
+        """The router's WAN: on the IX, or on its parent's LAN, with the address families both
+        sides have (a router keeps an IPv4 uplink for NAT64 even when its LAN is IPv6-only)."""
+        cfg = state.config
+        assert cfg is not None and state.lan is not None
+        wants_v4 = cfg.ip_support is not IpSupport.V6_ONLY or cfg.nat_v6 is NatV6Mode.NAT64
+        wants_v6 = cfg.ip_support is not IpSupport.V4_ONLY
         if parent is None:
             try:
                 ip = self._ix.router_slots.allocate()
             except PoolExhausted:
                 raise TopologyError(f"the IX {netplan.IX_CIDR} has no address left for another router",
                                     node=state.name) from None
+            assert isinstance(ip, IPv4Address)
+            v6 = netplan.V6Plug(netplan.ix6_address(ip), netplan.IX6_CIDR, netplan.IX6_GATEWAY, self._dad) \
+                if wants_v6 else None
             return IxPort(
                 port_name=f"r{state.id}", port_ifindex=self._ix.alloc_ifindex(),
-                bridge_ifindex=self._ix.bridge_ifindex, iface="ix", ifindex=state.alloc_ifindex(), ip=ip,
+                bridge_ifindex=self._ix.bridge_ifindex, iface="ix", ifindex=state.alloc_ifindex(), ip=ip, v6=v6,
             )
         assert parent.lan is not None and parent.config is not None
+        pool4 = parent.lan.pool if wants_v4 else None
+        pool6 = parent.lan.pool6 if wants_v6 else None
+        if pool4 is None and pool6 is None:
+            raise TopologyError(f"router {parent.name!r} ({parent.config.ip_support.value}) offers no address "
+                                f"family this {cfg.ip_support.value} router uses", node=state.name, field="upstream")
+        ip4 = ip6 = None
         try:
-            ip = parent.lan.pool.allocate()
-        except PoolExhausted:
-            raise TopologyError(f"router {parent.name!r} has no address left in {parent.lan.pool.cidr}",
-                                node=state.name, field="upstream") from None
+            if pool4 is not None:
+                ip4 = pool4.allocate()
+            if pool6 is not None:
+                ip6 = pool6.allocate()
+        except PoolExhausted as exc:
+            if ip4 is not None and pool4 is not None:
+                pool4.release(ip4)
+            raise TopologyError(f"router {parent.name!r} has no address left in {exc}", node=state.name,
+                                field="upstream") from None
         # A router's MTU is its downstream network's; its uplink is on its parent's network.
         return LanPlug(
-            iface="wan", ifindex=state.alloc_ifindex(), lower_ifindex=parent.lan.lower_ifindex, ip=ip,
-            subnet=parent.lan.pool.cidr, gateway=parent.lan.pool.gateway, mtu=parent.config.mtu,
+            iface="wan", ifindex=state.alloc_ifindex(), lower_ifindex=parent.lan.lower_ifindex,
+            ip=ip4, subnet=pool4.cidr if pool4 else None, gateway=pool4.gateway if pool4 else None,  # type: ignore[arg-type]
+            mtu=parent.config.mtu,
+            v6=netplan.V6Plug(ip6, pool6.cidr, pool6.gateway, self._dad) if pool6 and ip6 else None,  # type: ignore[arg-type]
         )
 
-    def _plan_pool_routes(self, state: RouterState) -> list[tuple[NodeState, IPv4Network, Any]]:
-        """Where this router's pool must be routed: up the chain until a router translates."""
-        assert state.config is not None and state.pool is not None
-        if state.config.nat is not None or state.uplink is None:
-            return []
-        routes: list[tuple[NodeState, IPv4Network, Any]] = []
+    def _plan_pool_routes(self, state: RouterState) -> list[tuple[NodeState, Any, Any]]:
+        """Where this router's pools must be routed: up the chain until a router translates.
+        IPv4: its pool unless it NATs. IPv6: its pool (GUA or ULA alike: a lab is one site),
+        or under NPTv6 the outside prefix; nothing under masquerade."""
+        assert state.config is not None
+        routes: list[tuple[NodeState, Any, Any]] = []
+        if state.pool is not None and state.config.nat is None:
+            routes += self._routes_up(state, state.pool.cidr, lambda hop: hop.uplink.ip,
+                                      lambda hop: hop.config.nat is not None)
+        nat_v6 = state.config.nat_v6
+        prefix6 = state.npt_prefix6 if nat_v6 is NatV6Mode.NPTV6 else None
+        if nat_v6 in (NatV6Mode.NONE, NatV6Mode.NAT64) and state.pool6 is not None:
+            prefix6 = state.pool6.cidr
+        if prefix6 is not None:
+            routes += self._routes_up(state, prefix6, lambda hop: hop.uplink.v6.ip if hop.uplink.v6 else None,
+                                      lambda hop: hop.config.nat_v6 in (NatV6Mode.NPTV6, NatV6Mode.MASQUERADE))
+        return routes
+
+    def _routes_up(self, state: RouterState, cidr: Any, via_of: Callable[[Any], Any],
+                   translates: Callable[[Any], bool]) -> list[tuple[NodeState, Any, Any]]:
+        routes: list[tuple[NodeState, Any, Any]] = []
         hop: RouterState = state
         while hop.uplink is not None:
+            via = via_of(hop)
+            if via is None or via.version != cidr.version:
+                break  # the chain has no uplink of this family further up
             owner: NodeState = hop.parent if hop.parent is not None else self._ix
-            routes.append((owner, state.pool.cidr, hop.uplink.ip))
+            routes.append((owner, cidr, via))
             if hop.parent is None:
                 break
             hop = hop.parent
-            assert hop.config is not None
-            if hop.config.nat is not None:
+            if translates(hop):
                 break
         return routes
 
@@ -499,18 +567,27 @@ class Lab:
             with contextlib.suppress(ValueError):
                 state.parent.children.remove(state)
         if state.uplink is not None:
-            if state.parent is not None and state.parent.pool is not None:
-                state.parent.pool.release(state.uplink.ip)
+            if state.parent is not None and state.parent.lan is not None:
+                if state.uplink.ip is not None and state.parent.pool is not None:
+                    state.parent.pool.release(state.uplink.ip)
+                if state.uplink.v6 is not None and state.parent.pool6 is not None:
+                    state.parent.pool6.release(state.uplink.v6.ip)
             else:
                 self._ix.router_slots.release(state.uplink.ip)
         if state.pool is not None and state.auto_pool:
             self._pools.release(state.pool.cidr)
+        if state.pool6 is not None:
+            self._pools.release(state.pool6.cidr)
 
     def _make_router(self, state: RouterState) -> None:
         """Kernel thread: the router's namespace, its uplink and LAN (made from the IX), its
         addresses and default route, the routes toward its pool, and its rules."""
         assert state.config is not None and state.lan is not None
         sysctls = {**netplan.forwarding_sysctls(self._ping_range), **router_rules.conntrack_sysctls(state.config.nat)}
+        if state.has_v6:
+            sysctls |= netplan.ipv6_sysctls(forwarding=True, dad=self._dad, accept_ra=False)
+            if isinstance(state.uplink, IxPort) and state.uplink.v6 is not None:
+                self._enable_ix_v6()
         ns = self._new_netns(state.name, sysctls)
         try:
             # One batch for the IX (links, and the route toward our pool when the IX holds
@@ -527,7 +604,9 @@ class Lab:
                     _ns(owner).apply([netplan.pool_route(cidr, via)])
             parts = self._rule_parts(state)
             router_rules.apply(ns, parts)
-            state.tables = {part.table for part in parts}
+            state.tables = {part.table: part.family for part in parts}
+            if self._dad and state.has_v6:
+                ipv6.wait_dad(ns)
             if state.downlink is not None:
                 self._shaper.set(("downlink", state.name), ns, state.lan.ifindex, netplan.LAN_IFACE,
                                  link_shaping.DOWNLINK_PRIO, None, state.downlink, state.lan.mtu)
@@ -545,6 +624,17 @@ class Lab:
             raise
         state.ns = ns
 
+    def _enable_ix_v6(self) -> None:
+        """Kernel thread: IPv6 on the IX bridge, once, when the first IPv6 router plugs in."""
+        if self._ix_v6:
+            return
+        ix = _ns(self._ix)
+        ix.write_sysctls(netplan.iface_ipv6_sysctls(netplan.IX_BRIDGE, dad=self._dad))
+        ix.apply(netplan.ix6_ops(self._ix.bridge_ifindex, dad=self._dad))
+        if self._dad:
+            ipv6.wait_dad(ix)
+        self._ix_v6 = True
+
     @staticmethod
     def _ix_links_of(state: RouterState) -> list[tuple[int, str]]:
         links = []
@@ -555,11 +645,15 @@ class Lab:
         return links
 
     def _rule_context(self, state: RouterState) -> RuleContext:
-        assert state.pool is not None
         forwards = tuple(f for f in state.forwards.values() if f.device_ip is not None)
+        uplink_v6 = state.uplink.v6 if state.uplink else None
         return RuleContext(
             router=state.name, table="", wan_iface=state.uplink_name or "", lan_iface=netplan.LAN_IFACE,
-            wan_ip=state.uplink.ip if state.uplink else None, lan_cidr=state.pool.cidr,
+            wan_ip=state.uplink.ip if state.uplink else None,
+            lan_cidr=state.pool.cidr if state.pool else None,  # type: ignore[arg-type]
+            wan_ip6=uplink_v6.ip if uplink_v6 else None,
+            lan_cidr6=state.pool6.cidr if state.pool6 else None,  # type: ignore[arg-type]
+            npt_prefix6=state.npt_prefix6,
             port_forwards=tuple(PortForward(f.proto, f.port, f.device_ip, f.device_port)  # type: ignore[arg-type]
                                 for f in forwards),
             reserved_ports=tuple(state.forwards),
@@ -573,6 +667,8 @@ class Lab:
         parts = []
         if cfg.nat is not None:
             parts.append(router_rules.nat_part(cfg.nat, ctx))
+        if cfg.nat_v6 in (NatV6Mode.NPTV6, NatV6Mode.MASQUERADE):
+            parts.append(router_rules.nat6_part(cfg.nat_v6, ctx))
         if cfg.firewall is not None:
             parts.append(router_rules.firewall_part(cfg.firewall, ctx))
         if state.uplink is not None and state.forwards:
@@ -625,10 +721,10 @@ class Lab:
         """Kernel thread: replace `tables` of a router with what its config asks for now."""
         assert state.config is not None
         parts = [part for part in self._rule_parts(state) if part.table in tables]
-        router_rules.apply(_ns(state), parts, replace=tables & state.tables)
+        router_rules.apply(_ns(state), parts, replace={t: f for t, f in state.tables.items() if t in tables})
         if router_rules.NAT_TABLE in tables:
             _ns(state).write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
-        state.tables = (state.tables - tables) | {part.table for part in parts}
+        state.tables = {t: f for t, f in state.tables.items() if t not in tables} | {p.table: p.family for p in parts}
 
     def _reroute(self, routers: list[RouterState], new_routes: dict[str, list[Any]]) -> None:
         """Kernel thread: make pool routes match each router's (new) NAT situation."""
@@ -833,8 +929,10 @@ class Lab:
         for name, region in self._regions.items():
             assert region.router.pool is not None
             owned = [region.router.pool.cidr]
+            # Region links are IPv4: v6 prefixes behind a region stay within it (for now).
             for router in self._routers.values():
-                owned += [cidr for owner, cidr, _via in router.pool_routes if owner is region.router]
+                owned += [cidr for owner, cidr, _via in router.pool_routes if owner is region.router
+                          and cidr.version == 4]
             prefixes[name] = owned
         graph = {name: {other: float(link.limits.latency_ms) + 0.001 for other, link in region.links.items()
                         if not link.broken} for name, region in self._regions.items()}
@@ -866,6 +964,11 @@ class Lab:
             iface.down_prio = router.next_prio
             router.next_prio += 1
         down = link_shaping.stack(iface.down, router.downlink) if iface.down is not None else None
+        if down is not None and iface.ip is None:
+            # The per-device download filter matches its IPv4 address; without one it would
+            # catch the whole LAN.
+            raise TopologyError(f"download conditions need an IPv4 address; {iface.name} has none",
+                                node=device.name, field="direction")
         self._shaper.set(("down", device.name, iface.name), _ns(router), router.lan.ifindex, netplan.LAN_IFACE,
                          iface.down_prio, iface.ip, down, router.lan.mtu)
 
@@ -973,21 +1076,34 @@ class Lab:
 
     def _plan_plug(self, device: DeviceState, iface: str, router: RouterState, field: str, *,
                    ifindex: int) -> LanPlug:
-        """An address on `router`'s LAN for one of the device's interfaces."""
+        """Addresses on `router`'s LAN for one of the device's interfaces: IPv4, IPv6 or both,
+        as the LAN has them."""
         assert router.lan is not None and router.config is not None
-        pool = router.lan.pool
+        pool, pool6 = router.lan.pool, router.lan.pool6
+        ip = ip6 = None
         try:
-            ip = pool.allocate()
-        except PoolExhausted:
-            raise TopologyError(f"router {router.name!r} has no address left in {pool.cidr}", node=device.name,
+            ip = pool.allocate() if pool is not None else None
+            ip6 = pool6.allocate() if pool6 is not None else None
+        except PoolExhausted as exc:
+            if ip is not None and pool is not None:
+                pool.release(ip)
+            raise TopologyError(f"router {router.name!r} has no address left in {exc}", node=device.name,
                                 field=field) from None
-        return LanPlug(iface=iface, ifindex=ifindex, lower_ifindex=router.lan.lower_ifindex, ip=ip, subnet=pool.cidr,
-                       gateway=pool.gateway, mtu=_min_mtu(device.mtu, router.config.mtu))
+        v6 = netplan.V6Plug(ip6, pool6.cidr, pool6.gateway, self._dad) if pool6 and ip6 else None  # type: ignore[arg-type]
+        return LanPlug(iface=iface, ifindex=ifindex, lower_ifindex=router.lan.lower_ifindex, ip=ip,  # type: ignore[arg-type]
+                       subnet=pool.cidr if pool else None, gateway=pool.gateway if pool else None,  # type: ignore[arg-type]
+                       mtu=_min_mtu(device.mtu, router.config.mtu), v6=v6)
+
+    @staticmethod
+    def _release_plug(router: RouterState, plug: LanPlug) -> None:
+        if plug.ip is not None and router.pool is not None:
+            router.pool.release(plug.ip)
+        if plug.v6 is not None and router.pool6 is not None:
+            router.pool6.release(plug.v6.ip)
 
     def _release_device_addresses(self, state: DeviceState) -> None:
         for iface in state.ifaces.values():
-            assert iface.router.pool is not None
-            iface.router.pool.release(iface.ip)
+            self._release_plug(iface.router, iface.attachment)
 
     def _unplan_device(self, state: DeviceState) -> None:
         self._nodes.pop(state.name, None)
@@ -999,21 +1115,53 @@ class Lab:
 
     def _make_device(self, state: DeviceState) -> None:
         """Kernel thread: the device's namespace and one macvlan per interface on its router's LAN."""
-        ns = self._new_netns(state.name, netplan.base_sysctls(self._ping_range))
+        sysctls = netplan.base_sysctls(self._ping_range)
+        has_v6 = any(i.attachment.v6 for i in state.ifaces.values())
+        if has_v6:
+            sysctls |= self._device_v6_sysctls()
+        ns = self._new_netns(state.name, sysctls)
         try:
             _ns(self._ix).apply([op for iface in state.ifaces.values() for op in iface.attachment.ix_ops(ns)])
             ops = [netplan.loopback_up()]
             for iface in state.ifaces.values():
-                ops += iface.attachment.node_ops(default_route=iface.name == state.default_iface)
+                ops += iface.attachment.node_ops(default_route=iface.name == state.default_iface,
+                                                 v6_route=not self._ra_driven)
             ns.apply(ops)
             state.ns = ns
             for iface in state.ifaces.values():
                 self._shape(state, iface)
+            if has_v6 and self._dad:
+                ipv6.wait_dad(ns)
+            if has_v6 and self._ra_driven and state.default_iface is not None:
+                self._ra_default_route(state, state.ifaces[state.default_iface])
         except BaseException:
             self._shaper.drop_node(ns.inode)
             ns.close()  # its macvlans go with it
             state.ns = None
             raise
+
+    def _device_v6_sysctls(self) -> dict[str, str]:
+        values = netplan.ipv6_sysctls(forwarding=False, dad=self._dad, accept_ra=self._ra_driven)
+        if self._ra_driven:
+            # Only the default interface takes a default route from its router's RA.
+            values["net.ipv6.conf.default.accept_ra_defrtr"] = "0"
+        return values
+
+    def _ra_default_route(self, device: DeviceState, iface: DeviceIfaceState) -> None:
+        """Kernel thread, RA-driven labs: the device's default IPv6 route comes from a router
+        advertisement of the interface's router (see `ipv6.py`)."""
+        plug = iface.attachment
+        router = iface.router
+        if plug.v6 is None or router.lan is None or not iface.admin_up:
+            return
+        ns = _ns(device)
+        ns.write_sysctls({f"net.ipv6.conf.{iface.name}.accept_ra_defrtr": "1"})
+        self._event("rs_sent", device.name, iface=iface.name, to="ff02::2")
+        ipv6.send_router_advertisement(_ns(router), router.lan.ifindex, plug.v6.ll, router.lan.mtu)
+        self._event("ra_sent", router.name, iface=netplan.LAN_IFACE, to=str(plug.v6.ll), device=device.name,
+                    router_ll=str(netplan.ROUTER_LINK_LOCAL))
+        route = ipv6.wait_ra_route(ns, iface.ifindex)
+        self._event("ra_route_installed", device.name, iface=iface.name, via=str(route.via))
 
     # ---- shared helpers --------------------------------------------------------------------
 

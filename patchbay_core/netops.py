@@ -101,11 +101,14 @@ class LinkDel:
 
 @dataclass(frozen=True, slots=True)
 class Addr:
+    """An address; IPv6 ones skip duplicate address detection unless nodad=False."""
+
     ifindex: int
     label: str
     ip: IPAddress
     prefixlen: int
     add: bool = True
+    nodad: bool = True
 
     def describe(self) -> str:
         return f"{'add' if self.add else 'delete'} address {self.ip}/{self.prefixlen} on {self.label}"

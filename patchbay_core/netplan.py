@@ -12,19 +12,31 @@ Plan (IPv4):
 - Public downstream pools: 198.18.N.0/24 (N = 1, 2, ...; then 198.19.M.0/24).
 - Private downstream pools: 10.0.N.0/24 (N = 1, 2, ...; then 10.1.0.0/24, ...).
 - In every pool the router is the first host (.1); devices and chained routers follow.
+
+Plan (IPv6, for routers with IpSupport DUAL_STACK or V6_ONLY and what plugs into them):
+- IX: 2001:db8::/64 (gateway ::1; routers get the same host numbers as on v4: ::a, ::b, ...).
+- Public downstream pools: 2001:db8:1:N::/64 (GUA-like); private ones: fd10:0:0:N::/64 (ULA).
+  Both are routed inside the lab (a lab is one site) unless the router translates (NPTv6,
+  masquerade); NPTv6 maps a private pool onto 2001:db8:2:M::/64 (see `nptv6.py`).
+- Link-local addresses are assigned, not derived from MACs: the router's LAN side is fe80::1,
+  every other interface fe80::<its host number> (unique on each link, the same every run).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from .errors import TopologyError
 from .netops import Addr, Bridge, LinkSet, Macvlan, NetOp, NsRef, Route, VethPair
 
 IX_CIDR = IPv4Network("198.18.0.0/24")
 IX_GATEWAY = IPv4Address("198.18.0.1")
+IX6_CIDR = IPv6Network("2001:db8::/64")
+IX6_GATEWAY = IPv6Address("2001:db8::1")
+LINK_LOCAL = IPv6Network("fe80::/64")
+ROUTER_LINK_LOCAL = IPv6Address("fe80::1")
 IX_FIRST_ROUTER = 10
 IX_BRIDGE = "br-ix"
 LAN_IFACE = "lan"
@@ -62,6 +74,28 @@ def cgnat_pool_cidr(n: int) -> IPv4Network:
     return IPv4Network((_CGNAT_BASE + (n << 8), 24))
 
 
+def public6_pool_cidr(n: int) -> IPv6Network:
+    """The n-th public IPv6 downstream pool: 2001:db8:1:n::/64."""
+    if not 1 <= n <= 0xFFFF:
+        raise IndexError(n)
+    return IPv6Network((int(IPv6Address("2001:db8:1::")) + (n << 64), 64))
+
+
+def private6_pool_cidr(n: int) -> IPv6Network:
+    """The n-th private (ULA) IPv6 downstream pool: fd10:0:0:n::/64."""
+    if not 1 <= n <= 0xFFFF:
+        raise IndexError(n)
+    return IPv6Network((int(IPv6Address("fd10::")) + (n << 64), 64))
+
+
+def link_local(host: int) -> IPv6Address:
+    return LINK_LOCAL.network_address + host
+
+
+def host_number(ip: IPv4Address | IPv6Address, subnet: IPv4Network | IPv6Network) -> int:
+    return int(ip) - int(subnet.network_address)
+
+
 def check_ifname(name: str, *, node: str, field: str) -> None:
     """Refuse names the kernel would refuse, before anything is built."""
     raw = name.encode()
@@ -83,14 +117,14 @@ class PoolExhausted(Exception):
 
 @dataclass
 class AddressPool:
-    """Hosts of one subnet handed out in order; the first host is the gateway."""
+    """Hosts of one subnet (IPv4 or IPv6) handed out in order; the first host is the gateway."""
 
-    cidr: IPv4Network
+    cidr: IPv4Network | IPv6Network
     _next: int = 2
     _free: list[int] = field(default_factory=list)
 
     @property
-    def gateway(self) -> IPv4Address:
+    def gateway(self) -> IPv4Address | IPv6Address:
         return self.cidr.network_address + 1
 
     @property
@@ -98,11 +132,11 @@ class AddressPool:
         return self.cidr.prefixlen
 
     @classmethod
-    def starting_at(cls, cidr: IPv4Network, first_host: int) -> AddressPool:
+    def starting_at(cls, cidr: IPv4Network | IPv6Network, first_host: int) -> AddressPool:
         """A pool whose first handed-out host is `first_host` (e.g. routers from .10 on the IX)."""
         return cls(cidr, first_host)
 
-    def allocate(self) -> IPv4Address:
+    def allocate(self) -> IPv4Address | IPv6Address:
         if self._free:
             return self.cidr.network_address + self._free.pop(0)
         # The last address of the subnet is the broadcast address.
@@ -112,7 +146,7 @@ class AddressPool:
         self._next += 1
         return self.cidr.network_address + offset
 
-    def release(self, ip: IPv4Address) -> None:
+    def release(self, ip: IPv4Address | IPv6Address) -> None:
         offset = int(ip) - int(self.cidr.network_address)
         if 0 < offset < self._next and offset not in self._free:
             self._free.append(offset)
@@ -125,19 +159,20 @@ class PoolCounters:
 
     counts: dict[str, int] = field(default_factory=dict)
 
-    _KINDS = {"public": public_pool_cidr, "private": private_pool_cidr, "cgnat": cgnat_pool_cidr}
+    _KINDS = {"public": public_pool_cidr, "private": private_pool_cidr, "cgnat": cgnat_pool_cidr,
+              "public6": public6_pool_cidr, "private6": private6_pool_cidr}
 
-    def next_cidr(self, kind: str, taken: Collection[IPv4Network] = ()) -> IPv4Network:
+    def next_cidr(self, kind: str, taken: Collection[IPv4Network | IPv6Network] = ()) -> IPv4Network | IPv6Network:
         """The next pool of `kind` that overlaps none of `taken` (IndexError when used up)."""
         n = self.counts.get(kind, 0)
         while True:
             n += 1
             cidr = self._KINDS[kind](n)
-            if not any(cidr.overlaps(t) for t in taken):
+            if not any(cidr.version == t.version and cidr.overlaps(t) for t in taken):  # type: ignore[arg-type]
                 self.counts[kind] = n
                 return cidr
 
-    def release(self, cidr: IPv4Network) -> None:
+    def release(self, cidr: IPv4Network | IPv6Network) -> None:
         """Give back the most recent pool (a build that failed) so numbering stays dense."""
         for kind, make in self._KINDS.items():
             n = self.counts.get(kind, 0)
@@ -148,6 +183,11 @@ class PoolCounters:
 def ix_router_slots() -> AddressPool:
     """Addresses of routers on the IX: 198.18.0.10 and up (.1 is the IX gateway)."""
     return AddressPool.starting_at(IX_CIDR, IX_FIRST_ROUTER)
+
+
+def ix6_address(ip: IPv4Address) -> IPv6Address:
+    """A router's IX address on v6: the same host number as its v4 one."""
+    return IX6_CIDR.network_address + host_number(ip, IX_CIDR)
 
 
 # ---- sysctls -----------------------------------------------------------------------------
@@ -178,6 +218,31 @@ def forwarding_sysctls(ping_group_range: str) -> dict[str, str]:
     }
 
 
+def ipv6_sysctls(*, forwarding: bool, dad: bool, accept_ra: bool) -> dict[str, str]:
+    """A namespace whose interfaces (made from now on) carry IPv6. Link-local addresses are
+    ours to assign (addr_gen_mode 1), DAD runs only when the lab asks for it, and only hosts in
+    a lab that provisions by router advertisements listen to them (solicited at once)."""
+    values = {
+        "net.ipv6.conf.default.disable_ipv6": "0",
+        "net.ipv6.conf.default.addr_gen_mode": "1",
+        "net.ipv6.conf.default.accept_dad": "1" if dad else "0",
+        "net.ipv6.conf.default.accept_ra": "1" if accept_ra else "0",
+        "net.ipv6.conf.all.accept_ra": "1" if accept_ra else "0",
+        "net.ipv6.conf.all.forwarding": "1" if forwarding else "0",
+        # link_down/link_up keep static addresses, as IPv4 does (the kernel's default flushes them).
+        "net.ipv6.conf.all.keep_addr_on_down": "1",
+    }
+    if accept_ra:
+        values["net.ipv6.conf.default.router_solicitation_delay"] = "0"
+    return values
+
+
+def iface_ipv6_sysctls(iface: str, *, dad: bool) -> dict[str, str]:
+    """IPv6 on one interface that exists already (the IX bridge, made before any v6 router)."""
+    return {f"net.ipv6.conf.{iface}.addr_gen_mode": "1", f"net.ipv6.conf.{iface}.accept_dad": "1" if dad else "0",
+            f"net.ipv6.conf.{iface}.disable_ipv6": "0", "net.ipv6.conf.all.forwarding": "1"}
+
+
 def ix_sysctls(ping_group_range: str) -> dict[str, str]:
     """The IX forwards like a router, and never tells a router to go around it: routers share
     its subnet, but traffic between them is meant to cross the IX (and later its region links)."""
@@ -204,6 +269,34 @@ def ix_ops(bridge_ifindex: int) -> list[NetOp]:
     ]
 
 
+def ix6_ops(bridge_ifindex: int, *, dad: bool) -> list[NetOp]:
+    """IPv6 on the IX bridge (once the first IPv6 router arrives)."""
+    return [Addr(bridge_ifindex, IX_BRIDGE, ROUTER_LINK_LOCAL, 64, nodad=not dad),
+            Addr(bridge_ifindex, IX_BRIDGE, IX6_GATEWAY, IX6_CIDR.prefixlen, nodad=not dad)]
+
+
+@dataclass(frozen=True)
+class V6Plug:
+    """The IPv6 side of an interface: its global (or ULA) address, its subnet, its gateway
+    (global, and the router's link-local fe80::1 for router advertisements)."""
+
+    ip: IPv6Address
+    subnet: IPv6Network
+    gateway: IPv6Address
+    dad: bool = False
+
+    @property
+    def ll(self) -> IPv6Address:
+        return link_local(host_number(self.ip, self.subnet))
+
+    def addr_ops(self, ifindex: int, iface: str) -> list[NetOp]:
+        return [Addr(ifindex, iface, self.ll, 64, nodad=not self.dad),
+                Addr(ifindex, iface, self.ip, self.subnet.prefixlen, nodad=not self.dad)]
+
+    def default_route(self, ifindex: int, iface: str) -> Route:
+        return Route(None, self.gateway, oif=ifindex, label=iface, v6=True, replace=True)
+
+
 @dataclass(frozen=True)
 class IxPort:
     """A top-level router's uplink: a veth from the IX bridge (port `port_name` in the IX) to
@@ -216,6 +309,7 @@ class IxPort:
     ifindex: int
     ip: IPv4Address
     mtu: int = 0
+    v6: V6Plug | None = None
 
     @property
     def subnet(self) -> IPv4Network:
@@ -231,8 +325,17 @@ class IxPort:
                      master=self.bridge_ifindex, mtu=self.mtu, peer_mtu=self.mtu)
         ]
 
+    def addr_ops(self) -> list[NetOp]:
+        ops: list[NetOp] = [Addr(self.ifindex, self.iface, self.ip, self.subnet.prefixlen)]
+        return ops + (self.v6.addr_ops(self.ifindex, self.iface) if self.v6 else [])
+
+    def default_routes(self, *, v6: bool = True) -> list[Route]:
+        routes = [Route(None, self.gateway, oif=self.ifindex, label=self.iface, replace=True)]
+        return routes + ([self.v6.default_route(self.ifindex, self.iface)] if self.v6 and v6 else [])
+
     def node_ops(self, *, default_route: bool) -> list[NetOp]:
-        return _plug_ops(self.ifindex, self.iface, self.ip, self.subnet, self.gateway if default_route else None)
+        return [LinkSet(self.ifindex, self.iface, up=True), *self.addr_ops(),
+                *(self.default_routes() if default_route else [])]
 
 
 @dataclass(frozen=True)
@@ -243,27 +346,36 @@ class LanPlug:
     iface: str
     ifindex: int
     lower_ifindex: int
-    ip: IPv4Address
-    subnet: IPv4Network
-    gateway: IPv4Address
+    ip: IPv4Address | None  # None on an IPv6-only LAN
+    subnet: IPv4Network | None
+    gateway: IPv4Address | None
     mtu: int = 0
+    v6: V6Plug | None = None
 
     def ix_ops(self, node: NsRef) -> list[NetOp]:
         return [Macvlan(self.iface, self.ifindex, self.lower_ifindex, node, mtu=self.mtu or DEFAULT_MTU)]
 
-    def node_ops(self, *, default_route: bool) -> list[NetOp]:
-        return _plug_ops(self.ifindex, self.iface, self.ip, self.subnet, self.gateway if default_route else None)
+    def addr_ops(self) -> list[NetOp]:
+        ops: list[NetOp] = []
+        if self.ip is not None and self.subnet is not None:
+            ops.append(Addr(self.ifindex, self.iface, self.ip, self.subnet.prefixlen))
+        return ops + (self.v6.addr_ops(self.ifindex, self.iface) if self.v6 else [])
+
+    def default_routes(self, *, v6: bool = True) -> list[Route]:
+        """The default routes through this interface (v6: the static one, not an RA's)."""
+        routes = []
+        if self.gateway is not None:
+            routes.append(Route(None, self.gateway, oif=self.ifindex, label=self.iface, replace=True))
+        if self.v6 is not None and v6:
+            routes.append(self.v6.default_route(self.ifindex, self.iface))
+        return routes
+
+    def node_ops(self, *, default_route: bool, v6_route: bool = True) -> list[NetOp]:
+        return [LinkSet(self.ifindex, self.iface, up=True), *self.addr_ops(),
+                *(self.default_routes(v6=v6_route) if default_route else [])]
 
 
 Uplink = IxPort | LanPlug
-
-
-def _plug_ops(ifindex: int, iface: str, ip: IPv4Address, subnet: IPv4Network,
-              default_gateway: IPv4Address | None) -> list[NetOp]:
-    ops: list[NetOp] = [LinkSet(ifindex, iface, up=True), Addr(ifindex, iface, ip, subnet.prefixlen)]
-    if default_gateway is not None:
-        ops.append(Route(None, default_gateway, oif=ifindex, label=iface))
-    return ops
 
 
 @dataclass(frozen=True)
@@ -276,8 +388,10 @@ class Lan:
     lower_name: str
     lower_ifindex: int
     ifindex: int
-    pool: AddressPool
+    pool: AddressPool | None  # IPv4; None on an IPv6-only LAN
     mtu: int = 0
+    pool6: AddressPool | None = None
+    dad: bool = False
 
     @property
     def iface(self) -> str:
@@ -289,13 +403,16 @@ class Lan:
                          mtu=MAX_MTU, peer_mtu=self.mtu)]
 
     def router_ops(self) -> list[NetOp]:
-        return [
-            LinkSet(self.ifindex, self.iface, up=True),
-            Addr(self.ifindex, self.iface, self.pool.gateway, self.pool.prefixlen),
-        ]
+        ops: list[NetOp] = [LinkSet(self.ifindex, self.iface, up=True)]
+        if self.pool is not None:
+            ops.append(Addr(self.ifindex, self.iface, self.pool.gateway, self.pool.prefixlen))
+        if self.pool6 is not None:
+            ops += [Addr(self.ifindex, self.iface, ROUTER_LINK_LOCAL, 64, nodad=not self.dad),
+                    Addr(self.ifindex, self.iface, self.pool6.gateway, self.pool6.prefixlen, nodad=not self.dad)]
+        return ops
 
 
-def pool_route(cidr: IPv4Network, via: IPv4Address, *, add: bool = True) -> Route:
+def pool_route(cidr: IPv4Network | IPv6Network, via: IPv4Address | IPv6Address, *, add: bool = True) -> Route:
     """Route a downstream pool toward the router that owns it."""
     return Route(cidr, via, add=add)
 

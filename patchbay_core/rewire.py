@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_interface
 from typing import TYPE_CHECKING
 
 from . import netplan
@@ -63,15 +63,15 @@ class Rewiring:
             await lab._check_open().run(apply)
         except BaseException:
             with lab._lock:
-                _release(target, new_plug.ip)
+                lab._release_plug(target, new_plug)
             raise
         with lab._lock:
-            _release(old_router, old_plug.ip)
+            lab._release_plug(old_router, old_plug)
             _unlink_child(old_router, device)
         lab._event("iface_replugged", device.name, iface=name, **{"from": old_router.name}, to=target.name,
-                   old_ip=str(old_plug.ip), ip=str(new_plug.ip))
+                   old_ip=_str(old_plug.ip), ip=_str(new_plug.ip), ip6=_str(new_plug.v6.ip if new_plug.v6 else None))
         lab._write_state()
-        return new_plug.ip
+        return new_plug.ip  # type: ignore[return-value]
 
     async def add_iface(self, device: DeviceState, name: str, router: Router | str, condition: object) -> None:
         lab = self._lab
@@ -106,9 +106,9 @@ class Rewiring:
                 device.ifaces.pop(name, None)
                 if becomes_default:
                     device.default_iface = None
-                _release(target, plug.ip)
+                lab._release_plug(target, plug)
             raise
-        lab._event("iface_added", device.name, iface=name, ip=str(plug.ip), router=target.name,
+        lab._event("iface_added", device.name, iface=name, ip=_str(plug.ip), router=target.name,
                    default=device.default_iface == name)
         lab._write_state()
 
@@ -132,7 +132,7 @@ class Rewiring:
         await lab._check_open().run(apply)
         with lab._lock:
             del device.ifaces[name]
-            _release(iface.router, iface.ip)
+            lab._release_plug(iface.router, iface.attachment)
             _unlink_child(iface.router, device)
         lab._event("iface_removed", device.name, iface=name, router=iface.router.name)
         if new_default != name:
@@ -170,7 +170,7 @@ class Rewiring:
             ns.apply([LinkSet(iface.ifindex, name, up=up)])
             iface.admin_up = up
             if up and device.default_iface == name:
-                ns.apply([_default_route(iface)])
+                self._route_default(device)
 
         await lab._check_open().run(apply)
         lab._event("link_up" if up else "link_down", device.name, iface=name)
@@ -183,22 +183,25 @@ class Rewiring:
         with lab._lock:
             iface = _iface(device, name)
             router = iface.router
-            assert router.pool is not None
+            if router.pool is None or iface.ip is None:
+                raise TopologyError(f"{name} has no IPv4 address to renew (an IPv6-only network)",
+                                    node=device.name, field=field)
             try:
                 new_ip = router.pool.allocate()
             except PoolExhausted:
                 raise TopologyError(f"router {router.name!r} has no address left in {router.pool.cidr}",
                                     node=device.name, field=field) from None
         old_plug = iface.attachment
+        assert old_plug.ip is not None and old_plug.subnet is not None and isinstance(new_ip, IPv4Address)
         new_plug = replace(old_plug, ip=new_ip)
 
         def apply() -> None:
             # The new address first: the interface never goes without one (the old one was the
             # primary; promote_secondaries lets the new one take its place).
-            ops: list[NetOp] = [Addr(iface.ifindex, name, new_ip, new_plug.subnet.prefixlen),
+            ops: list[NetOp] = [Addr(iface.ifindex, name, new_ip, old_plug.subnet.prefixlen),
                                 Addr(iface.ifindex, name, old_plug.ip, old_plug.subnet.prefixlen, add=False)]
             if iface.admin_up and device.default_iface == name:
-                ops.append(_default_route(iface))
+                ops += new_plug.default_routes(v6=False)
             ns_of(device).apply(ops)
             iface.attachment = new_plug
             lab._shape(device, iface)  # its download filter matches the address
@@ -216,18 +219,18 @@ class Rewiring:
         lab._write_state()
         return new_ip
 
-    async def add_ip(self, device: DeviceState, name: str, ip_with_prefix: str) -> IPv4Interface:
+    async def add_ip(self, device: DeviceState, name: str, ip_with_prefix: str) -> IPv4Interface | IPv6Interface:
         """A secondary address on the interface (e.g. a VPN's); it stays across replugs."""
         lab = self._lab
         field = f"add_ip({name!r})"
         with lab._lock:
             iface = _iface(device, name)
             try:
-                address = IPv4Interface(str(ip_with_prefix))
+                address = ip_interface(str(ip_with_prefix))
             except ValueError:
-                raise TopologyError(f"{ip_with_prefix!r} is not an IPv4 address with a prefix (e.g. "
+                raise TopologyError(f"{ip_with_prefix!r} is not an IPv4 or IPv6 address with a prefix (e.g. "
                                     "'10.8.0.2/24')", node=device.name, field=field) from None
-            if address in iface.extra_ips or address.ip == iface.ip:
+            if address in iface.extra_ips or address.ip in (iface.ip, iface.ip6):
                 raise TopologyError(f"{name} already has {address}", node=device.name, field=field)
 
         def apply() -> None:
@@ -263,7 +266,7 @@ class Rewiring:
         await lab._check_open().run(apply)
         with lab._lock:
             for iface in device.ifaces.values():
-                _release(iface.router, iface.ip)
+                lab._release_plug(iface.router, iface.attachment)
                 with contextlib.suppress(ValueError):
                     iface.router.children.remove(device)
             lab._nodes.pop(device.name, None)
@@ -330,29 +333,44 @@ class Rewiring:
         down, default route or not, secondary addresses, link conditions)."""
         lab = self._lab
         ns = ns_of(device)
+        if plug.v6 is not None:
+            # A device that had no IPv6 yet (its routers were IPv4-only) gets it from this link on.
+            ns.write_sysctls(lab._device_v6_sysctls())
         ns_of(lab._ix).apply(plug.ix_ops(ns))
         iface.router, iface.attachment, iface.down_prio = router, plug, 0
-        ops: list[NetOp] = [Addr(plug.ifindex, plug.iface, plug.ip, plug.subnet.prefixlen)]
+        ops: list[NetOp] = plug.addr_ops()
         ops += [Addr(plug.ifindex, plug.iface, x.ip, x.network.prefixlen) for x in iface.extra_ips]
         if iface.admin_up:
             ops.insert(0, LinkSet(plug.ifindex, plug.iface, up=True))
-            if device.default_iface == iface.name:
-                ops.append(_default_route(iface))
         ns.apply(ops)
         if device not in router.children:
             router.children.append(device)
+        if iface.admin_up and device.default_iface == iface.name:
+            self._route_default(device)
         lab._shape(device, iface)
         lab._resolve_forwards_for(device)
 
     def _route_default(self, device: DeviceState) -> None:
-        """The kernel's default route matches `device.default_iface` (none while it is down)."""
+        """The kernel's default routes match `device.default_iface` (none while it is down):
+        IPv4 via the router; IPv6 via its global address, or learnt from its router
+        advertisement in RA-driven labs."""
+        lab = self._lab
         ns = ns_of(device)
         iface = device.ifaces[device.default_iface] if device.default_iface else None
-        if iface is not None and iface.admin_up:
-            ns.apply([_default_route(iface)])
-        else:
+        if iface is None or not iface.admin_up or iface.ip is None:
             with contextlib.suppress(PatchbayError):
                 ns.apply([Route(None, add=False)])
+        if lab._ra_driven or iface is None or not iface.admin_up or iface.ip6 is None:
+            for other in device.ifaces.values():
+                if other.ip6 is not None and other is not iface and lab._ra_driven and other.admin_up:
+                    ns.write_sysctls({f"net.ipv6.conf.{other.name}.accept_ra_defrtr": "0"})
+            with contextlib.suppress(PatchbayError):
+                ns.apply([Route(None, v6=True, add=False)])
+        if iface is None or not iface.admin_up:
+            return
+        ns.apply(iface.attachment.default_routes(v6=not lab._ra_driven))
+        if lab._ra_driven:
+            lab._ra_default_route(device, iface)
 
 
 def _iface(device: DeviceState, name: str) -> DeviceIfaceState:
@@ -362,13 +380,8 @@ def _iface(device: DeviceState, name: str) -> DeviceIfaceState:
     return iface
 
 
-def _default_route(iface: DeviceIfaceState) -> Route:
-    return Route(None, iface.attachment.gateway, oif=iface.ifindex, label=iface.name, replace=True)
-
-
-def _release(router: RouterState, ip: IPv4Address) -> None:
-    if router.pool is not None:
-        router.pool.release(ip)
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _unlink_child(router: RouterState, device: DeviceState) -> None:

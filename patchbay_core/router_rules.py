@@ -2,6 +2,7 @@
 
 Tables (one `table ip <name>` each, so any of them can be swapped at runtime):
 - `pb_nat`      the NAT plugin's text (hook `patchbay_nat_rules`),
+- `pb_nat6`     IPv6 translation, NPTv6 or masquerade (hook `patchbay_nat6_rules`),
 - `pb_fw`       the firewall plugin's text (hook `patchbay_firewall_rules`),
 - `pb_portfwd`  port forwards (core): unsolicited inbound to the WAN address, DNATed to a
                 device before any NAT filtering is consulted,
@@ -22,12 +23,14 @@ from . import netplan
 from .errors import NftError, TopologyError
 from .firewall import FirewallConfig
 from .kernel.namespace import NetNs
-from .nat import NatConfig
+from .nat import NatConfig, NatV6Mode
 from .plugins import plugin_manager
 from .rules import PortForward, RuleContext
 
 NAT_TABLE, FIREWALL_TABLE, PORTFWD_TABLE, PMTU_TABLE = "pb_nat", "pb_fw", "pb_portfwd", "pb_pmtu"
+NAT6_TABLE = "pb_nat6"
 CORE = "patchbay core"
+_TABLE_FAMILY = re.compile(r"^\s*table\s+(ip|ip6|inet|arp|bridge|netdev)\s+(\S+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,14 @@ class RulePart:
     table: str
     text: str
     author: str  # the plugin (or the core) that wrote the text
+
+    @property
+    def family(self) -> str:
+        """The nft family the text gave its table (plugins choose: ip, ip6 or inet)."""
+        for family, name in _TABLE_FAMILY.findall(self.text):
+            if name == self.table:
+                return str(family)
+        return "ip"
 
 
 def _first_answer(hook: Any, **kwargs: Any) -> tuple[str | None, str]:
@@ -52,6 +63,13 @@ def nat_part(config: NatConfig, ctx: RuleContext) -> RulePart:
     if text is None:
         raise TopologyError(f"no plugin generates NAT rules for {config}", node=ctx.router, field="nat")
     return RulePart(NAT_TABLE, text, author)
+
+
+def nat6_part(mode: NatV6Mode, ctx: RuleContext) -> RulePart:
+    text, author = _first_answer(plugin_manager().hook.patchbay_nat6_rules, mode=mode, ctx=_with_table(ctx, NAT6_TABLE))
+    if text is None:
+        raise TopologyError(f"no plugin generates IPv6 rules for {mode.value}", node=ctx.router, field="nat_v6")
+    return RulePart(NAT6_TABLE, text, author)
 
 
 def firewall_part(config: FirewallConfig, ctx: RuleContext) -> RulePart:
@@ -91,10 +109,10 @@ def _with_table(ctx: RuleContext, table: str) -> RuleContext:
     return replace(ctx, table=table)
 
 
-def apply(ns: NetNs, parts: Iterable[RulePart], *, replace: Iterable[str] = ()) -> None:
-    """Apply `parts` in one transaction, first deleting the tables named in `replace`."""
+def apply(ns: NetNs, parts: Iterable[RulePart], *, replace: dict[str, str] | None = None) -> None:
+    """Apply `parts` in one transaction, first deleting the tables in `replace` (name: family)."""
     parts = list(parts)
-    head = "".join(f"add table ip {t}\ndelete table ip {t}\n" for t in replace)
+    head = "".join(f"add table {family} {t}\ndelete table {family} {t}\n" for t, family in (replace or {}).items())
     text = head + "".join(part.text for part in parts)
     if not text:
         return

@@ -18,7 +18,7 @@ class PortForward:
 class RuleContext:
     """A router as rule text sees it.
 
-    `table`: the one table name the text must use (``table ip <table> { ... }``); the core
+    `table`: the one table name the text must use (``table ip|ip6|inet <table> { ... }``); the core
     deletes tables of that name before applying new text, so a NAT or firewall can be swapped
     at runtime. Interface names are matched with `iifname`/`oifname` (strings), never
     `iif`/`oif` (indexes resolved at load time).
@@ -39,3 +39,4 @@ class RuleContext:
     lan_cidr6: IPv6Network | None = None
     port_forwards: tuple[PortForward, ...] = field(default=())
     reserved_ports: tuple[tuple[str, int], ...] = field(default=())
+    npt_prefix6: IPv6Network | None = None  # NPTv6: the outside prefix lan_cidr6 maps onto

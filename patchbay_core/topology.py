@@ -6,7 +6,7 @@ Plain state, guarded by the lab's lock. Handles (`handles.py`) read it; the lab 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any
 
 from .firewall import FirewallConfig
@@ -78,17 +78,28 @@ class RouterState(NodeState):
     uplink: Uplink | None = None
     lan: Lan | None = None
     # Routes other namespaces hold toward this router's pool: (owner, destination, via).
-    pool_routes: list[tuple[NodeState, IPv4Network, IPv4Address]] = field(default_factory=list)
+    pool_routes: list[tuple[NodeState, IPv4Network | IPv6Network, IPv4Address | IPv6Address]] = field(
+        default_factory=list)
     children: list[NodeState] = field(default_factory=list)
     forwards: dict[tuple[str, int], ForwardState] = field(default_factory=dict)
-    tables: set[str] = field(default_factory=set)  # nft tables applied in its namespace
+    tables: dict[str, str] = field(default_factory=dict)  # nft tables applied in its namespace: family
     downlink: LinkLimits | None = None  # what it sends to its devices
     auto_pool: bool = True  # its pool came from the plan (not downstream_cidr)
     next_prio: int = 1  # for per-device download filters on its LAN
+    npt_prefix6: IPv6Network | None = None  # NPTv6: the outside prefix of its IPv6 pool
 
     @property
     def pool(self) -> AddressPool | None:
+        """The IPv4 pool (None on an IPv6-only LAN)."""
         return self.lan.pool if self.lan else None
+
+    @property
+    def pool6(self) -> AddressPool | None:
+        return self.lan.pool6 if self.lan else None
+
+    @property
+    def has_v6(self) -> bool:
+        return self.pool6 is not None or (self.uplink is not None and self.uplink.v6 is not None)
 
     @property
     def uplink_name(self) -> str | None:
@@ -101,12 +112,17 @@ class RouterState(NodeState):
             "id": self.id,
             "upstream": self.parent.name if self.parent else (None if cfg and cfg.isolated else "ix"),
             "uplink": None if not self.uplink else {
-                "iface": self.uplink.iface, "ip": str(self.uplink.ip),
-                "prefixlen": self.uplink.subnet.prefixlen, "gateway": str(self.uplink.gateway),
+                "iface": self.uplink.iface, "ip": _str(self.uplink.ip),
+                "prefixlen": self.uplink.subnet.prefixlen if self.uplink.subnet else None,
+                "gateway": _str(self.uplink.gateway),
+                "ip6": _str(self.uplink.v6.ip if self.uplink.v6 else None),
             },
             "downstream_cidr": str(self.pool.cidr) if self.pool else None,
             "gateway": str(self.pool.gateway) if self.pool else None,
+            "downstream_cidr6": str(self.pool6.cidr) if self.pool6 else None,
+            "npt_prefix6": _str(self.npt_prefix6),
             "nat": _describe(cfg.nat) if cfg else None,
+            "nat_v6": cfg.nat_v6.value if cfg else None,
             "firewall": _describe(cfg.firewall) if cfg else None,
             "ip_support": cfg.ip_support.value if cfg else None,
             "pool": cfg.pool.value if cfg else None,
@@ -153,15 +169,19 @@ class DeviceIfaceState:
     down: LinkLimits | None = None  # what it receives from its router
     down_prio: int = 0  # its filter on the router's LAN, once it has one
     admin_up: bool = True  # link_down() / link_up()
-    extra_ips: list[IPv4Interface] = field(default_factory=list)  # add_ip(): kept across replugs
+    extra_ips: list[IPv4Interface | IPv6Interface] = field(default_factory=list)  # add_ip(): kept across replugs
 
     @property
     def ifindex(self) -> int:
         return self.attachment.ifindex
 
     @property
-    def ip(self) -> IPv4Address:
+    def ip(self) -> IPv4Address | None:
         return self.attachment.ip
+
+    @property
+    def ip6(self) -> IPv6Address | None:
+        return self.attachment.v6.ip if self.attachment.v6 else None
 
 
 @dataclass(eq=False)
@@ -177,8 +197,9 @@ class DeviceState(NodeState):
             "default_iface": self.default_iface,
             "ifaces": [
                 {
-                    "name": i.name, "router": i.router.name, "ip": str(i.ip),
-                    "prefixlen": i.attachment.subnet.prefixlen, "gateway": str(i.attachment.gateway),
+                    "name": i.name, "router": i.router.name, "ip": _str(i.ip),
+                    "prefixlen": i.attachment.subnet.prefixlen if i.attachment.subnet else None,
+                    "gateway": _str(i.attachment.gateway), "ip6": _str(i.ip6),
                     "link_up": i.admin_up, "extra_ips": [str(x) for x in i.extra_ips],
                     "up": _describe(i.up), "down": _describe(i.down),
                 }
@@ -191,6 +212,10 @@ def ns_of(node: NodeState) -> NetNs:
     """The node's namespace (it must be built)."""
     assert node.ns is not None, node.name
     return node.ns
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _describe(value: object) -> object:

@@ -14,6 +14,7 @@ from patchbay_core.routers import IpSupport, Pool, RouterSpec
 from patchbay_core.rules import RuleContext
 
 from .firewall_rules import firewall_ruleset
+from .nat6_rules import nat6_ruleset
 from .nat_rules import nat_ruleset
 
 EIM = NatMapping.ENDPOINT_INDEPENDENT
@@ -92,6 +93,11 @@ def patchbay_link_presets() -> dict[str, LinkLimits]:
 @hookimpl
 def patchbay_nat_rules(config: NatConfig, ctx: RuleContext) -> str | None:
     return nat_ruleset(config, ctx)
+
+
+@hookimpl
+def patchbay_nat6_rules(mode: NatV6Mode, ctx: RuleContext) -> str | None:
+    return nat6_ruleset(mode, ctx)
 
 
 @hookimpl

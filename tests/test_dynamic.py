@@ -209,7 +209,7 @@ async def test_secondary_addresses_answer_and_survive_a_replug(lab: pb.Lab) -> N
     extra = next(iter(a.downstream_cidr.hosts())) + 100
     await dev.add_ip("eth0", f"{extra}/24")
     assert (await peer.ping(extra)).received == 1
-    with pytest.raises(pb.TopologyError, match="not an IPv4 address"):
+    with pytest.raises(pb.TopologyError, match="not an IPv4 or IPv6 address"):
         await dev.add_ip("eth0", "nonsense")
     await dev.add_ip("eth0", "10.8.0.2/24")  # a VPN-style address of its own range
     await dev.replug_iface("eth0", b)

@@ -307,7 +307,7 @@ async def test_diagnostics(lab: pb.Lab, tmp_path: Path) -> None:
     assert counters["nat.mapping_preserved"] == 1
     await lab.dump_diagnostics(tmp_path)
     report = (tmp_path / "router.nat.txt").read_text()
-    assert "table ip pb_nat" in report and "table ip pb_fw" in report
+    assert "table ip pb_nat" in report and "table inet pb_fw" in report
     assert f"{dev.ip}:4444 -> {srv.ip}:{WHOAMI_PORT}" in report  # the conntrack entry
     assert "counter packets" in report and "default via" in report
     assert (tmp_path / "device.dev.txt").exists() and (tmp_path / "ix.ix.txt").exists()

@@ -72,7 +72,7 @@ def test_lan_plug_ops_create_the_macvlan_then_configure_it_inside() -> None:
     assert ops == [
         LinkSet(16, "eth0", up=True),
         Addr(16, "eth0", IPv4Address("10.0.1.2"), 24),
-        Route(None, IPv4Address("10.0.1.1"), oif=16, label="eth0"),
+        Route(None, IPv4Address("10.0.1.1"), oif=16, label="eth0", replace=True),
     ]
     assert not any(isinstance(op, Route) for op in plug.node_ops(default_route=False))
 

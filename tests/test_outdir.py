@@ -23,7 +23,7 @@ async def test_events_state_and_command_logs(tmp_path: Path) -> None:
         assert [x["name"] for x in state["routers"]] == ["r"]
         assert state["devices"][0]["ifaces"][0] == {
             "name": "eth0", "router": "r", "ip": str(d.ip), "prefixlen": 24,
-            "gateway": str(r.gateway_ip), "link_up": True, "extra_ips": [], "up": None, "down": None,
+            "gateway": str(r.gateway_ip), "ip6": None, "link_up": True, "extra_ips": [], "up": None, "down": None,
         }
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert kinds == ["lab_created", "router_added", "iface_added", "device_added", "iface_added",

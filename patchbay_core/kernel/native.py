@@ -112,6 +112,14 @@ def netlink_socket_in(ns_fd: int, protocol: int, node: str) -> int:
     return int(fd)
 
 
+def socket_in(ns_fd: int, family: int, kind: int, proto: int, node: str) -> int:
+    """A socket of the namespace `ns_fd`, made from a thread living elsewhere."""
+    fd = lib.pb_socket_in(ns_fd, home_netns_fd(), family, kind, proto)
+    if fd < 0:
+        raise NetlinkError(f"open socket ({family}, {kind}, {proto}) in the namespace", -fd, node=node)
+    return int(fd)
+
+
 def rtnl_dump(rtnl_fd: int, msg_type: int, family: int, node: str) -> bytes:
     out = ffi.new("uint8_t **")
     out_len = ffi.new("size_t *")

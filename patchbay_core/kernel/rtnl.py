@@ -50,7 +50,7 @@ def _put(batch: object, op: NetOp) -> int:
         case Addr():
             family = socket.AF_INET6 if op.ip.version == 6 else socket.AF_INET
             return lib.pb_batch_addr(  # type: ignore[no-any-return]
-                batch, int(op.add), family, op.ifindex, op.ip.packed, op.prefixlen, int(op.ip.version == 6)
+                batch, int(op.add), family, op.ifindex, op.ip.packed, op.prefixlen, int(op.ip.version == 6 and op.nodad)
             )
         case Route():
             v6 = op.v6 or (op.dst is not None and op.dst.version == 6) or (op.via is not None and op.via.version == 6)
@@ -160,6 +160,11 @@ class AddrInfo:
     ip: IPAddress
     prefixlen: int
     scope: int
+    flags: int = 0  # IFA_F_*: e.g. IFA_F_TENTATIVE while IPv6 DAD runs
+
+    @property
+    def tentative(self) -> bool:
+        return bool(self.flags & IFA_F_TENTATIVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +175,13 @@ class RouteInfo:
     table: int
     metric: int
     family: int
+    proto: int = 0  # RTPROT_*: RTPROT_RA (9) for routes learnt from router advertisements
 
 
 IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_STATS64 = 3, 4, 10, 18, 23
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_F_TENTATIVE, IFA_F_DADFAILED = 0x40, 0x08
+RTPROT_RA = 9
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 IFF_UP = 1
 
@@ -209,13 +217,15 @@ def dump_addrs(rtnl_fd: int, node: str) -> list[AddrInfo]:
     for mtype, body in _messages(rtnl_dump(rtnl_fd, RTM_GETADDR, socket.AF_UNSPEC, node)):
         if mtype != 20:  # RTM_NEWADDR
             continue
-        family, prefixlen, _flags, scope, index = _IFADDR.unpack_from(body)
+        family, prefixlen, flags, scope, index = _IFADDR.unpack_from(body)
         a = _attrs(body, _IFADDR.size)
+        if IFA_FLAGS in a:
+            flags = _u32(a[IFA_FLAGS])
         raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
         if raw is None:
             continue
         ip: IPAddress = IPv4Address(bytes(raw)) if family == socket.AF_INET else IPv6Address(bytes(raw))
-        out.append(AddrInfo(ifindex=index, ip=ip, prefixlen=prefixlen, scope=scope))
+        out.append(AddrInfo(ifindex=index, ip=ip, prefixlen=prefixlen, scope=scope, flags=flags))
     return out
 
 
@@ -224,7 +234,7 @@ def dump_routes(rtnl_fd: int, node: str, family: int = socket.AF_UNSPEC) -> list
     for mtype, body in _messages(rtnl_dump(rtnl_fd, RTM_GETROUTE, family, node)):
         if mtype != 24:  # RTM_NEWROUTE
             continue
-        fam, dst_len, _src_len, _tos, table, _proto, _scope, _rtype, _flags = _RTMSG.unpack_from(body)
+        fam, dst_len, _src_len, _tos, table, proto, _scope, _rtype, _flags = _RTMSG.unpack_from(body)
         a = _attrs(body, _RTMSG.size)
         if RTA_TABLE in a:
             table = _u32(a[RTA_TABLE])
@@ -237,6 +247,7 @@ def dump_routes(rtnl_fd: int, node: str, family: int = socket.AF_UNSPEC) -> list
                 table=table,
                 metric=_u32(a[RTA_PRIORITY]) if RTA_PRIORITY in a else 0,
                 family=fam,
+                proto=proto,
             )
         )
     return out

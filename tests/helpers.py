@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
 import patchbay_core as pb
 
@@ -43,3 +44,16 @@ async def tcp_echo_server(handle: pb.Device, port: int, ready: anyio.Event | Non
                 await conn.send(data)
 
 
+
+
+async def serve_tcp_echo(_: pb.Device, host: str, port: int) -> None:
+    """Run inside a node (`node.spawn(serve_tcp_echo, host, port)`): echo every connection."""
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+
+    async def echo(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            async for chunk in stream:
+                await stream.send(chunk)
+
+    async with listener:
+        await listener.serve(echo)

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 import patchbay_core as pb
-from tests.helpers import lab_netns_inodes
+from tests.helpers import lab_netns_inodes, serve_tcp_echo
 from tests.natkit import WHOAMI_PORT, tcp_reflexive, udp_reflexive, whoami
 
 pytestmark = pytest.mark.anyio
@@ -65,18 +65,6 @@ async def tcp_echo_ok(dev: pb.Device, target: tuple[str, int], timeout: float = 
         return False
 
     return await dev.spawn(run)
-
-
-async def serve_tcp_echo(_: pb.Device, host: str, port: int) -> None:
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-
-    async def echo(stream: anyio.abc.SocketStream) -> None:
-        async with stream:
-            async for chunk in stream:
-                await stream.send(chunk)
-
-    async with listener:
-        await listener.serve(echo)
 
 
 async def test_reflexive_address_follows_the_default_route_back_and_forth(lab: pb.Lab) -> None:

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 import patchbay_core as pb
+from tests.helpers import serve_tcp_echo
 
 pytestmark = pytest.mark.anyio
 
@@ -60,21 +61,6 @@ async def tcp6_echo_ok(dev: pb.Device, host: IPv6Address, port: int) -> bool:
     return await dev.spawn(run)
 
 
-async def tcp6_echo_server(server: pb.Device, port: int) -> None:
-    async def run(_: pb.Device) -> None:
-        listener = await anyio.create_tcp_listener(local_host=str(server.ip6), local_port=port)
-
-        async def echo(stream: anyio.abc.SocketStream) -> None:
-            async with stream:
-                async for chunk in stream:
-                    await stream.send(chunk)
-
-        async with listener:
-            await listener.serve(echo)
-
-    await server.spawn(run)
-
-
 def has_v4_route(_: object = None) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
@@ -106,7 +92,7 @@ async def test_dual_stack_and_ipv6_only_reach_each_other_over_ipv6(lab: pb.Lab) 
     assert (await laptop.ping(server.ip)).received == 1  # and IPv4 through its NAT
     async with anyio.create_task_group() as tg:
         tg.start_soon(who_server, server)
-        tg.start_soon(tcp6_echo_server, server, PORT + 1)
+        tg.start_soon(server.spawn, serve_tcp_echo, str(server.ip6), PORT + 1)
         await anyio.sleep(0.1)
         host, _ = await udp6_reflexive(phone, server)
         assert host == str(phone.ip6)

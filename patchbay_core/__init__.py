@@ -7,6 +7,7 @@
         srv = await lab.add_device("server").iface("eth0", dc).build()
 """
 
+from . import nat64
 from .builders import DeviceBuilder, RouterBuilder
 from .diagnostics import MappingEntry
 from .errors import (
@@ -78,4 +79,5 @@ __all__ = [
     "UsernsUnavailable",
     "hookimpl",
     "init_userns",
+    "nat64",
 ]

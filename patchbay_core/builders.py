@@ -37,6 +37,7 @@ class RouterSettings:
     downstream_cidr: IPv4Network | str | None = None
     isolated: bool = False
     port_forwards: list[tuple[str, int, Device | str, int | None]] = field(default_factory=list)
+    nat64_timeouts: dict[str, int] = field(default_factory=dict)
 
 
 class RouterBuilder:
@@ -94,6 +95,11 @@ class RouterBuilder:
 
     def downstream_cidr(self, cidr: IPv4Network | str) -> RouterBuilder:
         self.settings.downstream_cidr = cidr
+        return self
+
+    def nat64_timeouts(self, udp: int = 300, tcp_established: int = 7200, icmp: int = 60) -> RouterBuilder:
+        """Binding lifetimes of the router's NAT64 translator, in seconds (RFC 6146 defaults)."""
+        self.settings.nat64_timeouts = {"udp": udp, "tcp_established": tcp_established, "icmp": icmp}
         return self
 
     def isolated(self) -> RouterBuilder:

@@ -41,9 +41,11 @@ from .firewall import Firewall, FirewallConfig
 from .futures import wait_future
 from .handles import Device, Ix, Region, Router
 from .kernel.namespace import NetNs
+from .kernel.nat64 import Nat64Translator
 from .kernel.nsfactory import NamespaceFactory
 from .kernel.worker import KernelWorker
 from .nat import Nat, NatConfig, NatV6Mode
+from .nat64 import Nat64Config, steering_ruleset, tun_routes
 from .netops import Addr, LinkDel, LinkSet, Route, VethPair
 from .netplan import AddressPool, IxPort, Lan, LanPlug, PoolExhausted, Uplink
 from .opts import Ipv6Dad, Ipv6Provisioning, LabOpts
@@ -73,6 +75,8 @@ _ns = ns_of
 log = logging.getLogger(__name__)
 
 TEARDOWN_TIMEOUT_S = 10.0
+NAT64_TUN = "nat64"
+NAT64_PORTS = (1024, 65535)  # the translator's own address: all of its ports are the translator's
 _lab_numbers = itertools.count(1)
 
 
@@ -215,6 +219,9 @@ class Lab:
         if self._factory is not None:
             self._factory.close()
         for node in nodes:
+            if isinstance(node, RouterState):
+                with _logged(f"stopping {node.label}'s NAT64 translator"):
+                    self._stop_nat64(node)
             if node is not self._ix and node.ns is not None:
                 node.ns.close()
         ix_ns = self._ix.ns
@@ -360,8 +367,6 @@ class Lab:
         if nat_v6 is not NatV6Mode.NONE and ip_support is IpSupport.V4_ONLY:
             raise TopologyError(f"nat_v6 {nat_v6.value} needs IPv6 downstream: use ip_support DUAL_STACK or V6_ONLY",
                                 node=name, field="nat_v6")
-        if nat_v6 is NatV6Mode.NAT64:
-            raise TopologyError("NAT64 is not available yet", node=name, field="nat_v6")
         # The pool: asked for, else the preset's, else the NAT model's, else public unless NATed.
         pool = s.pool or spec.pool or (nat.downstream_pool if nat else None) or (Pool.PRIVATE if nat else Pool.PUBLIC)
         mtu = _check_mtu(s.mtu, name)
@@ -403,7 +408,11 @@ class Lab:
                 state.npt_prefix6 = self._pick_npt_prefix(cidr6, name)
             if not s.isolated:
                 state.uplink = self._plan_router_uplink(state, parent)
+            if nat_v6 is NatV6Mode.NAT64:
+                self._plan_nat64(state, parent, s.nat64_timeouts)
         except BaseException:
+            if state.uplink is not None:
+                self._release_uplink(state)
             if s.downstream_cidr is None and cidr is not None:
                 self._pools.release(cidr)
             if cidr6 is not None:
@@ -458,6 +467,67 @@ class Lab:
         if cidr.overlaps(netplan.IX_CIDR):
             raise TopologyError(f"{cidr} overlaps the IX {netplan.IX_CIDR}", node=node, field="downstream_cidr")
         return cidr
+
+    def _plan_nat64(self, state: RouterState, parent: RouterState | None, timeouts: dict[str, int]) -> None:
+        """NAT64 maps clients onto an IPv4 address of the router's own, next to its WAN address
+        on the same network: the translator owns that address's whole port space, so it never
+        meets the router's NAT44 mappings or its own sockets."""
+        uplink = state.uplink
+        if uplink is None or uplink.ip is None or uplink.subnet is None:
+            raise TopologyError("NAT64 needs an IPv4 uplink (an upstream with IPv4)", node=state.name, field="nat_v6")
+        pool = self._ix.router_slots if parent is None else parent.pool
+        assert pool is not None and state.lan is not None
+        try:
+            ip = pool.allocate()
+        except PoolExhausted:
+            raise TopologyError(f"no IPv4 address left in {uplink.subnet} for the NAT64 pool", node=state.name,
+                                field="nat_v6") from None
+        assert isinstance(ip, IPv4Address)
+        state.nat64_ip = ip
+        try:
+            state.nat64_config = Nat64Config(
+                pool4=(ip,), udp_ports=NAT64_PORTS, tcp_ports=NAT64_PORTS, icmp_ids=NAT64_PORTS,
+                udp_timeout=timeouts.get("udp", 300), tcp_established_timeout=timeouts.get("tcp_established", 7200),
+                icmp_timeout=timeouts.get("icmp", 60),
+                mtu4=uplink.mtu or netplan.DEFAULT_MTU, mtu6=state.lan.mtu or netplan.DEFAULT_MTU,
+            )
+        except ValueError as exc:
+            pool.release(ip)
+            state.nat64_ip = None
+            raise TopologyError(str(exc), node=state.name, field="nat64_timeouts") from None
+
+    def _start_nat64(self, state: RouterState, ns: NetNs) -> None:
+        """Kernel thread: the translator on a TUN in the router, the NAT64 prefix routed into
+        it, its address on the WAN (so neighbours find it), and replies steered to it."""
+        config, uplink = state.nat64_config, state.uplink
+        assert config is not None and uplink is not None and uplink.subnet is not None and state.nat64_ip
+        ns.apply([Addr(uplink.ifindex, uplink.iface, state.nat64_ip, uplink.subnet.prefixlen)])
+        translator = Nat64Translator(config, node=state.name)
+        try:
+            tun_ifindex = translator.start(ns.fd, NAT64_TUN)
+            ns.apply(tun_routes(config.prefix, tun_ifindex, NAT64_TUN))
+            ns.nft(steering_ruleset(config, uplink.iface, NAT64_TUN))
+        except BaseException:
+            translator.close()
+            raise
+        state.nat64 = translator
+
+    def _release_uplink(self, state: RouterState) -> None:
+        """Give back the addresses a router's plan took on its parent's network (or the IX)."""
+        uplink = state.uplink
+        assert uplink is not None
+        if state.parent is not None and state.parent.lan is not None:
+            if uplink.ip is not None and state.parent.pool is not None:
+                state.parent.pool.release(uplink.ip)
+            if uplink.v6 is not None and state.parent.pool6 is not None:
+                state.parent.pool6.release(uplink.v6.ip)
+            if state.nat64_ip is not None and state.parent.pool is not None:
+                state.parent.pool.release(state.nat64_ip)
+        else:
+            self._ix.router_slots.release(uplink.ip)
+            if state.nat64_ip is not None:
+                self._ix.router_slots.release(state.nat64_ip)
+        state.nat64_ip = None
 
     def _pick_downstream_cidr6(self, pool: Pool, node: str) -> IPv6Network:
         """Public pools are GUA-like (2001:db8:1:N::/64), private ones ULA (fd10:0:0:N::/64)."""
@@ -567,13 +637,7 @@ class Lab:
             with contextlib.suppress(ValueError):
                 state.parent.children.remove(state)
         if state.uplink is not None:
-            if state.parent is not None and state.parent.lan is not None:
-                if state.uplink.ip is not None and state.parent.pool is not None:
-                    state.parent.pool.release(state.uplink.ip)
-                if state.uplink.v6 is not None and state.parent.pool6 is not None:
-                    state.parent.pool6.release(state.uplink.v6.ip)
-            else:
-                self._ix.router_slots.release(state.uplink.ip)
+            self._release_uplink(state)
         if state.pool is not None and state.auto_pool:
             self._pools.release(state.pool.cidr)
         if state.pool6 is not None:
@@ -605,6 +669,8 @@ class Lab:
             parts = self._rule_parts(state)
             router_rules.apply(ns, parts)
             state.tables = {part.table: part.family for part in parts}
+            if state.config.nat_v6 is NatV6Mode.NAT64:
+                self._start_nat64(state, ns)
             if self._dad and state.has_v6:
                 ipv6.wait_dad(ns)
             if state.downlink is not None:
@@ -612,6 +678,7 @@ class Lab:
                                  link_shaping.DOWNLINK_PRIO, None, state.downlink, state.lan.mtu)
         except BaseException:
             self._shaper.drop_node(ns.inode)
+            self._stop_nat64(state)
             # Take back routes held elsewhere and the IX ends of our links now (they would go
             # with the namespace, but only once the kernel gets to it).
             for owner, cidr, via in state.pool_routes:
@@ -623,6 +690,13 @@ class Lab:
             ns.close()
             raise
         state.ns = ns
+
+    @staticmethod
+    def _stop_nat64(state: RouterState) -> None:
+        """Kernel thread: end a router's translator (its TUN holds the namespace)."""
+        if state.nat64 is not None:
+            state.nat64.close()
+            state.nat64 = None
 
     def _enable_ix_v6(self) -> None:
         """Kernel thread: IPv6 on the IX bridge, once, when the first IPv6 router plugs in."""
@@ -832,10 +906,24 @@ class Lab:
 
     async def _router_mappings(self, state: RouterState) -> list[MappingEntry]:
         wan = state.uplink.ip if state.uplink else None
-        return await self._check_open().run(diagnostics.nat_mappings, _ns(state), wan)
+
+        def read() -> list[MappingEntry]:
+            entries = diagnostics.nat_mappings(_ns(state), wan)
+            if state.nat64 is not None:
+                entries += [MappingEntry(f"nat64-{b.proto}", b.v6, b.v4, b.remote, round(b.expires_s))  # type: ignore[arg-type]
+                            for b in state.nat64.bindings()]
+            return entries
+
+        return await self._check_open().run(read)
 
     async def _router_counters(self, state: RouterState) -> dict[str, int]:
-        return await self._check_open().run(router_rules.named_counters, _ns(state))
+        def read() -> dict[str, int]:
+            counts = router_rules.named_counters(_ns(state))
+            if state.nat64 is not None:
+                counts |= state.nat64.router_counters()
+            return counts
+
+        return await self._check_open().run(read)
 
     async def dump_diagnostics(self, path: str | os.PathLike[str]) -> Path:
         """Write, for the IX and every router and device, one text file: addresses, links with

@@ -290,6 +290,7 @@ class Rewiring:
 
         def apply() -> None:
             lab._shaper.drop_node(ns_of(router).inode)
+            lab._stop_nat64(router)
             for owner, cidr, via in router.pool_routes:
                 with contextlib.suppress(PatchbayError):
                     ns_of(owner).apply([netplan.pool_route(cidr, via, add=False)])

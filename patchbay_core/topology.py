@@ -18,6 +18,8 @@ from .routers import IpSupport, Pool
 
 if TYPE_CHECKING:
     from .execution import NodeRuntime
+    from .kernel.nat64 import Nat64Translator
+    from .nat64 import Nat64Config
 
 
 @dataclass(eq=False)
@@ -87,6 +89,9 @@ class RouterState(NodeState):
     auto_pool: bool = True  # its pool came from the plan (not downstream_cidr)
     next_prio: int = 1  # for per-device download filters on its LAN
     npt_prefix6: IPv6Network | None = None  # NPTv6: the outside prefix of its IPv6 pool
+    nat64_ip: IPv4Address | None = None  # NAT64: the IPv4 address its translator maps clients to
+    nat64_config: Nat64Config | None = None
+    nat64: Nat64Translator | None = None  # the running translator (kernel thread owns it)
 
     @property
     def pool(self) -> AddressPool | None:

@@ -387,3 +387,27 @@ async def test_lab_load() -> None:
         await lab.close()
     with pytest.raises(pb.TopologyError, match=r"broken.toml:7: "):
         await pb.Lab.load(TOPOS / "broken.toml", pb.LabOpts(label="never"))
+
+
+@pytest.mark.anyio
+async def test_ipv6_routers_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "v6.toml"
+    path.write_text(
+        '[[router]]\nname = "dc"\n\n'
+        '[[router]]\nname = "carrier"\npreset = "isp-v6"\n'
+        'nat64_timeouts = { udp = 30, tcp_established = 600, icmp = 10 }\n\n'
+        '[[router]]\nname = "npt"\nip_support = "dual-stack"\nnat_v6 = "nptv6"\n\n'
+        '[device.server.eth0]\ngateway = "dc"\n\n'
+        '[device.phone.eth0]\ngateway = "carrier"\n\n'
+        '[device.laptop.eth0]\ngateway = "npt"\n'
+    )
+    lab = await load_lab(path)
+    try:
+        server, phone, laptop = lab.device("server"), lab.device("phone"), lab.device("laptop")
+        assert phone.ip is None and phone.ip6 is not None and laptop.ip6 is not None
+        assert lab.router("npt").npt_prefix6 is not None
+        assert (await phone.ping(pb.nat64.embed_v4(server.ip))).received == 1  # type: ignore[arg-type]
+        mappings = await lab.router("carrier").nat_mappings()
+        assert [m.expires_s for m in mappings if m.proto == "nat64-icmp"] == [10]
+    finally:
+        await lab.close()

@@ -31,7 +31,7 @@ from typing import Any
 
 import anyio
 
-from . import diagnostics, ipv6, link_shaping, netplan, nptv6, router_rules
+from . import diagnostics, ipv6, link_shaping, netplan, nodelog, nptv6, router_rules, sampler
 from .builders import DeviceBuilder, RouterBuilder
 from .diagnostics import MappingEntry
 from .dns import LabNames, check_ip, check_name
@@ -51,7 +51,7 @@ from .netplan import AddressPool, IxPort, Lan, LanPlug, PoolExhausted, Uplink
 from .opts import Ipv6Dad, Ipv6Provisioning, LabOpts
 from .outdir import LabOutput
 from .plugins import lookup_preset
-from .processes import Spawner
+from .processes import ExitWatcher, Spawner
 from .regions import DEFAULT_LATENCIES, DEFAULT_REGIONS, RegionLink, first_hops, link_addresses
 from .rewire import Rewiring
 from .routers import IpSupport, Pool, RouterPreset, RouterSpec
@@ -107,6 +107,10 @@ class Lab:
         self._default_emulation = link_shaping.emulation_from_env()
         self._names = LabNames(self.label)
         self._rewire = Rewiring(self)
+        self._node_logs: nodelog.NodeLogRouter | None = None
+        self._sampler: sampler.PeriodicSampler | None = None
+        self._exits: ExitWatcher | None = None
+        self._last_counters: dict[str, dict[str, tuple[int, int, int, int]]] = {}
         self._dad = self.opts.ipv6_dad is Ipv6Dad.ENABLED
         self._ra_driven = self.opts.ipv6_provisioning is Ipv6Provisioning.RA_DRIVEN
         self._ix_v6 = False
@@ -156,6 +160,12 @@ class Lab:
                 ) from exc
             raise
         self._event("lab_created", None, label=self.label)
+        if self._output is not None:
+            self._node_logs = nodelog.router()
+            self._watch_node_log(self._ix)
+            interval = sampler.interval_from_env()
+            if interval > 0:
+                self._sampler = sampler.PeriodicSampler(self.label, interval, self._sample_counters)
         self._write_state()
 
     def _make_ix(self) -> None:
@@ -189,6 +199,9 @@ class Lab:
             for node in nodes:
                 node.alive = False
         try:
+            if self._sampler is not None:
+                with _logged("stopping the counter sampler"):
+                    self._sampler.close()
             for node in nodes:
                 if node.runtime is not None:
                     with _logged(f"stopping {node.label}'s threads"):
@@ -196,6 +209,11 @@ class Lab:
             if self._spawner is not None:
                 with _logged("ending the lab's processes"):
                     self._spawner.close()
+            if self._exits is not None:
+                with _logged("stopping the exit watcher"):
+                    self._exits.close()
+            for node in nodes:
+                self._forget_node_log(node)
             with _logged("removing the lab's name files"):
                 self._names.close()
             if self._kernel is not None:
@@ -349,6 +367,7 @@ class Lab:
                 self._reroute_regions()
 
         await self._settle(make, lambda: self._unplan_router(state))
+        self._watch_node_log(state)
         self._event("region_added" if region_router else "router_added", state.name, **state.snapshot())
         if state.uplink is not None:
             self._event("iface_added", state.name, iface=state.uplink.iface, ip=str(state.uplink.ip),
@@ -1125,6 +1144,7 @@ class Lab:
             state.alive = True
 
         await self._settle(make, lambda: self._unplan_device(state))
+        self._watch_node_log(state)
         self._event("device_added", state.name, **state.snapshot())
         for iface in state.ifaces.values():
             self._event("iface_added", state.name, iface=iface.name, ip=str(iface.ip), router=iface.router.name,
@@ -1323,6 +1343,10 @@ class Lab:
             if self._spawner is None:
                 self._spawner = Spawner(self.label, _ns(self._ix).fd)
             spawner = self._spawner
+            # Made here: the spawner thread (which completes the future) lives in the lab's
+            # PID namespace and cannot start threads.
+            if self._output is not None and self._exits is None:
+                self._exits = ExitWatcher(self.label)
         assert state.ns is not None
         kwargs = dict(popen_kw)
         opened = []
@@ -1338,10 +1362,58 @@ class Lab:
             for log_file in opened:
                 log_file.close()
             if done.exception() is None:
-                self._event("command_spawned", state.name, argv=list(argv), pid=done.result().pid)
+                child = done.result()
+                self._event("command_spawned", state.name, argv=list(argv), pid=child.pid)
+                if self._output is not None:
+                    self._watch_exit(state, list(argv), child)
 
         fut.add_done_callback(after)
         return fut
+
+    def _watch_exit(self, state: NodeState, argv: list[str], child: subprocess.Popen[Any]) -> None:
+        started = time.monotonic()
+        with self._lock:
+            exits = self._exits
+        if exits is None:
+            return
+
+        def exited(code: int | None) -> None:
+            self._event("command_exited", state.name, argv=argv, pid=child.pid, exit_status=code,
+                        duration_s=round(time.monotonic() - started, 6))
+
+        exits.watch(child, exited)
+
+    def _watch_node_log(self, node: NodeState) -> None:
+        """Logging records emitted inside the node go to its log files (see nodelog.py)."""
+        if self._node_logs is not None and self._output is not None and node.ns is not None:
+            self._node_logs.add(node.ns.inode, node.kind, node.name,
+                                self._output.node_file(node.kind, node.name, "log.jsonl"),
+                                self._output.node_file(node.kind, node.name, "events.jsonl"))
+
+    def _forget_node_log(self, node: NodeState) -> None:
+        if self._node_logs is not None and node.ns is not None:
+            self._node_logs.remove(node.ns.inode)
+
+    def _sample_counters(self) -> None:
+        """Sampler thread: one `packet_counters` event per node whose interfaces moved."""
+        def sample() -> list[tuple[str, dict[str, tuple[int, int, int, int]]]]:
+            with self._lock:
+                nodes = [n for n in (self._ix, *self._all_routers(), *self._devices.values())
+                         if n.alive and n.ns is not None]
+            changed = []
+            for node in nodes:
+                assert node.ns is not None
+                now = {link.name: (link.rx_packets, link.tx_packets, link.rx_bytes, link.tx_bytes)
+                       for link in node.ns.links() if link.name != "lo"}
+                if now != self._last_counters.get(node.name):
+                    self._last_counters[node.name] = now
+                    changed.append((node.name, now))
+            return changed
+
+        for name, counters in self._check_open().call(sample):
+            self._event("packet_counters", name, ifaces={
+                iface: {"rx_packets": c[0], "tx_packets": c[1], "rx_bytes": c[2], "tx_bytes": c[3]}
+                for iface, c in counters.items()})
 
     def _event(self, kind: str, node: str | None, **fields: Any) -> None:
         if self._output is not None:

@@ -51,6 +51,10 @@ class LabOutput:
         """`{kind}.{name}.{stream}.log` (stream: stdout or stderr)."""
         return self.path / f"{kind}.{_safe(name)}.{stream}.log"
 
+    def node_file(self, kind: str, name: str, suffix: str) -> Path:
+        """`{kind}.{name}.{suffix}` (e.g. "log.jsonl", "events.jsonl")."""
+        return self.path / f"{kind}.{_safe(name)}.{suffix}"
+
     def close(self) -> None:
         with self._lock:
             self._events.close()

@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import os
 import queue
+import select
 import signal
 import subprocess
 import threading
@@ -154,6 +155,80 @@ class Spawner:
             self._queue.put(_STOP)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+
+class ExitWatcher:
+    """Tells when the lab's children exit (for `command_exited` events) without reaping them:
+    one thread polls their pidfds and reads each status with waitid(WNOWAIT), so the caller's
+    own `wait()` still gets it."""
+
+    def __init__(self, label: str) -> None:
+        self._epoll = select.epoll()
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[subprocess.Popen[Any], Callable[[int | None], None]]] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._closed = False
+        self._thread = threading.Thread(target=self._main, name=f"patchbay-exitwatch-{label}", daemon=True)
+        self._thread.start()
+
+    def watch(self, child: subprocess.Popen[Any], on_exit: Callable[[int | None], None]) -> None:
+        """Call `on_exit(returncode)` (on the watcher's thread) once `child` has exited."""
+        try:
+            fd = os.pidfd_open(child.pid)
+        except OSError:
+            on_exit(child.poll())  # gone and reaped already
+            return
+        with self._lock:
+            if self._closed:
+                os.close(fd)
+                return
+            self._watched[fd] = (child, on_exit)
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def _main(self) -> None:
+        while True:
+            ready = [fd for fd, _mask in self._epoll.poll()]
+            for fd in ready:
+                if fd != self._wake_r:
+                    self._report(fd)
+            if self._wake_r in ready:
+                return
+
+    def _report(self, fd: int) -> None:
+        with self._lock:
+            child, on_exit = self._watched.pop(fd)
+            self._epoll.unregister(fd)
+        code: int | None
+        try:
+            info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOWAIT)
+            code = None if info is None else (info.si_status if info.si_code == os.CLD_EXITED else -info.si_status)
+        except ChildProcessError:
+            code = child.returncode  # the caller reaped it first
+        finally:
+            os.close(fd)
+        with contextlib.suppress(Exception):
+            on_exit(code)
+
+    def close(self) -> None:
+        """Stop watching; children still running are not reported."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(5)
+        with self._lock:
+            left = list(self._watched.items())
+            self._watched.clear()
+        for fd, (child, on_exit) in left:
+            os.close(fd)
+            if child.returncode is not None:  # reaped by the lab's close meanwhile
+                with contextlib.suppress(Exception):
+                    on_exit(child.returncode)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._epoll.close()
 
 
 def kill_processes_in(netns_inode: int) -> int:

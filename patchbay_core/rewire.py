@@ -252,6 +252,7 @@ class Rewiring:
                 raise TopologyError("is not in the lab (removed already?)", node=device.name)
             device.alive = False  # handles raise NodeGone from now on
         self._stop_node(device)
+        lab._forget_node_log(device)
 
         def apply() -> None:
             ns = ns_of(device)
@@ -287,6 +288,7 @@ class Rewiring:
                                     node=router.name)
             router.alive = False
         self._stop_node(router)
+        lab._forget_node_log(router)
 
         def apply() -> None:
             lab._shaper.drop_node(ns_of(router).inode)

@@ -27,7 +27,7 @@ async def test_events_state_and_command_logs(tmp_path: Path) -> None:
         }
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert kinds == ["lab_created", "router_added", "iface_added", "device_added", "iface_added",
-                     "command_spawned", "lab_closed"]
+                     "command_spawned", "command_exited", "lab_closed"]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     spawned = next(e for e in events if e["kind"] == "command_spawned")
     assert spawned["node"] == "d" and spawned["argv"] == ["sh", "-c", "echo out; echo err >&2"]

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--outdir", help="write events and state of the demo lab here")
     demo.set_defaults(func=cmd_demo)
     _add_lab_parser(sub)
+    from .sim.cli import add_parsers as add_sim_parsers
+
+    add_sim_parsers(sub)
     return parser
 
 

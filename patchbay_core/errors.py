@@ -82,17 +82,22 @@ class NftError(NetlinkError):
 
 
 class SimError(PatchbayError):
-    """A sim file that cannot run: names the file, the line and the step."""
+    """A sim file that cannot run: names the file, the line, the key path and the step.
+    `message` is the text without them."""
 
     def __init__(
-        self, message: str, *, file: str | None = None, line: int | None = None, step: str | None = None
+        self, message: str, *, file: str | None = None, line: int | None = None, step: str | None = None,
+        key: str | None = None,
     ) -> None:
         self.file = file
         self.line = line
         self.step = step
+        self.key = key
+        self.message = message
         where = file or ""
         if line is not None:
             where += f":{line}"
         if step is not None:
             where += f" (step {step})"
-        super().__init__(f"{where}: {message}" if where else message)
+        text = f"{key}: {message}" if key else message
+        super().__init__(f"{where}: {text}" if where else text)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up, then build a small lab (a datacenter server, a laptop behind a home router behind an
-# ISP router), run a UDP and a TCP exchange in it and print a report.
+# Set up, then run a sim of sims/: UDP hole punching between two peers behind their own NATs
+# (home, full-cone, corporate), each variant in its own lab; results in .patchbay-work/latest/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec .venv/bin/patchbay demo "$@"
+exec .venv/bin/patchbay run sims/holepunch.toml --jobs 3 "$@"

@@ -1,0 +1,1 @@
+"""Fixtures of the sim runner tests: sim files and helpers."""

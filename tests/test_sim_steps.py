@@ -418,3 +418,35 @@ async def test_sims_run_in_parallel_with_jobs(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 2.8
     starts = sorted(r.started or 0 for r in result.records)
     assert starts[-1] - starts[0] < 0.9  # all three at once, each in its own lab
+
+
+async def test_ipv6_devices_have_netsim_ip_variables(tmp_path: Path) -> None:
+    topo = """
+        [[router]]
+        name = "dc"
+        ip_support = "dual-stack"
+        [[router]]
+        name = "carrier"
+        preset = "isp-v6"
+        [device.server.eth0]
+        gateway = "dc"
+        [device.phone.eth0]
+        gateway = "carrier"
+    """
+    text = sim_text("""
+        [[step]]
+        id = "ping6"
+        device = "phone"
+        cmd = ["ping", "-6", "-c", "1", "-W", "2", "$NETSIM_IP6_SERVER"]
+        [[step]]
+        id = "addr"
+        device = "phone"
+        cmd = ["echo", "$NETSIM_IP_PHONE"]
+        [step.captures.ip]
+        regex = "^(\\\\S+)$"
+        [[step]]
+        action = "assert"
+        checks = ["addr.ip contains 2001:db8:"]
+    """, topology=topo)
+    result = await run(tmp_path, text)
+    assert result.ok, result.records[0].error

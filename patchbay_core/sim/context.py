@@ -69,8 +69,13 @@ class SimContext:
             if router.uplink_ip is not None:
                 self.netsim[netsim_ip_var(name)] = str(router.uplink_ip)
         for name, device in built.devices.items():
-            if device.ip is not None:
-                self.netsim[netsim_ip_var(name)] = str(device.ip)
+            # IPv4 where the device has it; an IPv6-only device's $NETSIM_IP_ is its IPv6
+            # address. $NETSIM_IP6_<DEVICE> always names the IPv6 one.
+            ip = device.ip if device.ip is not None else device.ip6
+            if ip is not None:
+                self.netsim[netsim_ip_var(name)] = str(ip)
+            if device.ip6 is not None:
+                self.netsim[netsim_ip_var(name).replace("NETSIM_IP_", "NETSIM_IP6_", 1)] = str(device.ip6)
         self.step: Step | None = None
         self.deadline = 0.0
         self._where: Where | None = None

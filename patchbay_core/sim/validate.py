@@ -100,9 +100,10 @@ class _Checker:
                                   f"[[binary]] name = \"{name}\" (declared: {', '.join(known) or 'none'})")
         for var in refs.vars:
             upper = var.upper()
-            if not upper.startswith("NETSIM_IP_"):
-                raise where.error(f"unknown variable ${var}: sims know $NETSIM_IP_<DEVICE>")
-            node = upper[len("NETSIM_IP_"):]
+            prefix = next((p for p in ("NETSIM_IP_", "NETSIM_IP6_") if upper.startswith(p)), None)
+            if prefix is None:
+                raise where.error(f"unknown variable ${var}: sims know $NETSIM_IP_<DEVICE> and $NETSIM_IP6_<DEVICE>")
+            node = upper[len(prefix):]
             if node not in self.env_names:
                 counted = [b for b in self.counted if env_key(b) == node]
                 if counted:

@@ -11,9 +11,9 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["netns.c", "mntns.c", "rtnl.c", "nft.c", "proc.c", "userns.c", "wire.c", "nat64.c"]
+SOURCES = ["netns.c", "mntns.c", "rtnl.c", "nft.c", "proc.c", "userns.c", "wire.c", "nat64.c", "capture.c"]
 # Headers whose declarations cffi reads (each also #included by the generated module).
-HEADERS = ["patchbay.h", "nat64.h"]
+HEADERS = ["patchbay.h", "nat64.h", "capture.h"]
 
 
 def _cdef_text() -> str:

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .sim.cli import add_parsers as add_sim_parsers
 
     add_sim_parsers(sub)
+    from .fmtlog import add_parser as add_fmtlog_parser
+
+    add_fmtlog_parser(sub)
+    from .devtools.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import os
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .reflector import Reflector, start_reflector
 from .topology import DeviceState, IxState, NodeState, RouterState
 
 if TYPE_CHECKING:
+    from .capture import Capture
     from .diagnostics import MappingEntry
     from .firewall import Firewall, FirewallConfig
     from .kernel.wire import WireStats
@@ -221,6 +223,15 @@ class Device(NodeHandle):
         self._lab._names.add_node_entry(state.name, check_name(name, state.name),
                                         check_ip(ip, state.name, "dns_entry"))
         self._lab._event("dns_entry_added", state.name, name=name, ip=str(ip))
+
+    async def capture(self, iface: str, *, snaplen: int = 262144,
+                      path: str | os.PathLike[str] | None = None) -> Capture:
+        """Capture `iface` (both directions) into a pcapng file: `<outdir>/device.<name>.<iface>.pcapng`
+        unless `path` says where; `await capture.stop()` finishes it (the lab's close does too)."""
+        if iface not in self._device().ifaces:
+            raise TopologyError(f"no interface {iface!r} (has: {', '.join(self._device().ifaces)})",
+                                node=self.name, field="capture")
+        return await self._lab._capture(self._alive(), iface, snaplen, path)
 
     def _device(self) -> DeviceState:
         state = self._alive()

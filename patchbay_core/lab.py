@@ -33,6 +33,7 @@ import anyio
 
 from . import diagnostics, ipv6, link_shaping, netplan, nodelog, nptv6, router_rules, sampler
 from .builders import DeviceBuilder, RouterBuilder
+from .capture import DEFAULT_SNAPLEN, Capture, capture_path
 from .diagnostics import MappingEntry
 from .dns import LabNames, check_ip, check_name
 from .errors import NetlinkError, NftError, PatchbayError, TopologyError
@@ -107,6 +108,7 @@ class Lab:
         self._default_emulation = link_shaping.emulation_from_env()
         self._names = LabNames(self.label)
         self._rewire = Rewiring(self)
+        self._captures: set[Capture] = set()
         self._node_logs: nodelog.NodeLogRouter | None = None
         self._sampler: sampler.PeriodicSampler | None = None
         self._exits: ExitWatcher | None = None
@@ -199,6 +201,11 @@ class Lab:
             for node in nodes:
                 node.alive = False
         try:
+            with self._lock:
+                captures = list(self._captures)
+            for cap in captures:  # a capture's socket holds its namespace: stop it first
+                with _logged("stopping a packet capture"):
+                    cap.stop_sync()
             if self._sampler is not None:
                 with _logged("stopping the counter sampler"):
                     self._sampler.close()
@@ -341,6 +348,36 @@ class Lab:
         if not state.alive:
             raise TopologyError("was removed already", node=state.name, field=field)
         return state
+
+    # ---- packet capture -------------------------------------------------------------------
+
+    async def capture_all(self) -> list[Capture]:
+        """Capture every interface of every device and router (pcapng files in the outdir)."""
+        with self._lock:
+            nodes: list[tuple[NodeState, list[str]]] = [(d, list(d.ifaces)) for d in self._devices.values() if d.alive]
+            nodes += [(r, [i.name for i in Router(self, r).interfaces()]) for r in self._routers.values() if r.alive]
+        return [await self._capture(node, iface) for node, ifaces in nodes for iface in ifaces]
+
+    async def _capture(self, state: NodeState, iface: str, snaplen: int = DEFAULT_SNAPLEN,
+                       path: str | os.PathLike[str] | None = None) -> Capture:
+        self._check_open()
+        if path is None:
+            if self._output is None:
+                raise PatchbayError(f"{state.label}: a capture needs an outdir (LabOpts(outdir=...) or "
+                                    "PATCHBAY_OUTDIR), or path=")
+            path = capture_path(self._output.path, state.kind, state.name, iface)
+
+        def stopped(cap: Capture) -> None:
+            with self._lock:
+                self._captures.discard(cap)
+            self._event("capture_stopped", state.name, iface=iface, path=cap.path.name, packets=cap.packets,
+                        dropped=cap.dropped)
+
+        cap = await Capture.start(_ns(state).fd, state.name, iface, path, snaplen=snaplen, on_stop=stopped)
+        with self._lock:
+            self._captures.add(cap)
+        self._event("capture_started", state.name, iface=iface, path=cap.path.name)
+        return cap
 
     # ---- names ----------------------------------------------------------------------------
 

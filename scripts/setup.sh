@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # libmnl/libnftables to build the C core; iproute2, nftables and conntrack for the tests'
 # cross-checks (the library itself never runs them); util-linux for setpriv/unshare; iperf3
 # for the link tests.
-PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmnl-dev libnftables-dev nftables iproute2 conntrack util-linux iperf3 tayga iputils-ping git"
+PACKAGES="gcc libc6-dev python3 python3-dev python3-venv libmnl-dev libnftables-dev nftables iproute2 conntrack util-linux iperf3 tayga iputils-ping git chromium"
 # cargo builds the sims' [[binary]] crates; a rustup toolchain on PATH will do as well.
 command -v cargo >/dev/null 2>&1 || PACKAGES="$PACKAGES cargo"
 missing=""

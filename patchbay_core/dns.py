@@ -104,8 +104,9 @@ class LabNames:
             if fd is None:
                 directory = self._files_dir()
                 self._write_hosts(node)
-                fd = native.mntns_new({str(directory / f"hosts.{node}"): HOSTS,
-                                       str(directory / "resolv.conf"): RESOLV_CONF}, node)
+                binds = {str(directory / f"hosts.{node}"): HOSTS, str(directory / "resolv.conf"): RESOLV_CONF}
+                # A host without the file (a dangling resolv.conf symlink) keeps its own view.
+                fd = native.mntns_new({src: dst for src, dst in binds.items() if os.path.exists(dst)}, node)
                 self._mount_ns[node] = fd
             return fd
 
@@ -157,10 +158,13 @@ def _add(entries: dict[str, list[IPAddress]], name: str, ip: IPAddress) -> None:
 
 
 def _rewrite(path: Path, text: str) -> None:
-    """Write in place: bind mounts refer to the inode, so the file must stay the same one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    """Write in place: bind mounts refer to the inode, so the file must stay the same one.
+    Written over the old text, then cut to length: a reader never meets an empty file."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, text.encode())
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
 

@@ -36,7 +36,7 @@ from .builders import DeviceBuilder, RouterBuilder
 from .capture import DEFAULT_SNAPLEN, Capture, capture_path
 from .diagnostics import MappingEntry
 from .dns import LabNames, check_ip, check_name
-from .errors import NetlinkError, NftError, PatchbayError, TopologyError
+from .errors import NetlinkError, NftError, NodeGone, PatchbayError, TopologyError
 from .execution import NodeRuntime
 from .firewall import Firewall, FirewallConfig
 from .futures import wait_future
@@ -109,6 +109,7 @@ class Lab:
         self._names = LabNames(self.label)
         self._rewire = Rewiring(self)
         self._captures: set[Capture] = set()
+        self._advertiser: sampler.PeriodicSampler | None = None
         self._node_logs: nodelog.NodeLogRouter | None = None
         self._sampler: sampler.PeriodicSampler | None = None
         self._exits: ExitWatcher | None = None
@@ -168,6 +169,9 @@ class Lab:
             interval = sampler.interval_from_env()
             if interval > 0:
                 self._sampler = sampler.PeriodicSampler(self.label, interval, self._sample_counters)
+        if self._ra_driven:
+            # Routers advertise again before hosts' routes expire (the RA lifetime is 1800 s).
+            self._advertiser = sampler.PeriodicSampler(self.label, ipv6.READVERTISE_S, self._readvertise)
         self._write_state()
 
     def _make_ix(self) -> None:
@@ -206,9 +210,10 @@ class Lab:
             for cap in captures:  # a capture's socket holds its namespace: stop it first
                 with _logged("stopping a packet capture"):
                     cap.stop_sync()
-            if self._sampler is not None:
-                with _logged("stopping the counter sampler"):
-                    self._sampler.close()
+            for periodic in (self._sampler, self._advertiser):
+                if periodic is not None:
+                    with _logged("stopping a periodic job"):
+                        periodic.close()
             for node in nodes:
                 if node.runtime is not None:
                     with _logged(f"stopping {node.label}'s threads"):
@@ -407,7 +412,7 @@ class Lab:
         self._watch_node_log(state)
         self._event("region_added" if region_router else "router_added", state.name, **state.snapshot())
         if state.uplink is not None:
-            self._event("iface_added", state.name, iface=state.uplink.iface, ip=str(state.uplink.ip),
+            self._event("iface_added", state.name, iface=state.uplink.iface, ip=_str(state.uplink.ip),
                         upstream=state.parent.name if state.parent else "ix")
         self._write_state()
         return Router(self, state)
@@ -420,6 +425,9 @@ class Lab:
         firewall = _resolve_firewall(s.firewall if s.firewall is not None else spec.firewall, name)
         ip_support = s.ip_support or spec.ip_support or IpSupport.V4_ONLY
         nat_v6 = s.nat_v6 or spec.nat_v6 or NatV6Mode.NONE
+        if nat is not None and ip_support is IpSupport.V6_ONLY:
+            raise TopologyError("an IPv6-only router has no IPv4 LAN to NAT: drop .nat() (NAT64 is .nat_v6(NAT64))",
+                                node=name, field="nat")
         if nat_v6 is not NatV6Mode.NONE and ip_support is IpSupport.V4_ONLY:
             raise TopologyError(f"nat_v6 {nat_v6.value} needs IPv6 downstream: use ip_support DUAL_STACK or V6_ONLY",
                                 node=name, field="nat_v6")
@@ -437,6 +445,11 @@ class Lab:
             raise TopologyError("an isolated router has no upstream; drop .isolated() or .upstream()",
                                 node=name, field="upstream")
         parent = self._resolve_router(s.upstream, name, "upstream") if s.upstream is not None else None
+        if (parent is not None and parent.config is not None and parent.config.nat_v6 is NatV6Mode.NPTV6
+                and ip_support is not IpSupport.V4_ONLY):
+            raise TopologyError(f"router {parent.name!r} translates only its own IPv6 prefix (NPTv6); an IPv6 "
+                                "router behind it would have no way back: use V4_ONLY here, or MASQUERADE there",
+                                node=name, field="upstream")
         if s.region is not None:
             if s.upstream is not None or s.isolated:
                 raise TopologyError("a router in a region hangs off the region; drop .upstream()/.isolated()",
@@ -466,6 +479,9 @@ class Lab:
                 state.uplink = self._plan_router_uplink(state, parent)
             if nat_v6 is NatV6Mode.NAT64:
                 self._plan_nat64(state, parent, s.nat64_timeouts)
+            if forwards and (state.uplink is None or state.uplink.ip is None or state.pool is None):
+                raise TopologyError("port forwards need IPv4 on the router's WAN and LAN", node=name,
+                                    field="port_forward")
         except BaseException:
             if state.uplink is not None:
                 self._release_uplink(state)
@@ -883,6 +899,9 @@ class Lab:
         if target is None or not target.alive or iface is None:
             raise TopologyError(f"device {fwd.device!r} has no interface on this router", node=state.name,
                                 field="port_forward")
+        if iface.ip is None or state.uplink.ip is None:
+            raise TopologyError("port forwards need IPv4 on the router's WAN and the device", node=state.name,
+                                field="port_forward")
         fwd.device_ip = iface.ip
         state.forwards[(fwd.proto, fwd.port)] = fwd
 
@@ -952,7 +971,8 @@ class Lab:
         for iface in device.ifaces.values():
             router = iface.router
             for fwd in router.forwards.values():
-                if fwd.device == device.name and fwd.device_ip is None and router.uplink is not None:
+                if (fwd.device == device.name and fwd.device_ip is None and router.uplink is not None
+                        and iface.ip is not None):
                     fwd.device_ip = iface.ip
                     try:
                         self._install_forward(router, fwd)
@@ -1131,6 +1151,9 @@ class Lab:
             raise TopologyError(f"no interface {iface_name!r} (has: {', '.join(device.ifaces) or 'none'})",
                                 node=device.name, field="iface")
         limits = link_shaping.limits_of(condition, device.name, f"link_condition({iface_name!r})")  # type: ignore[arg-type]
+        if direction in ("down", "both") and limits is not None and iface.ip is None:
+            raise TopologyError(f"download conditions need an IPv4 address; {iface_name} has none (set the "
+                                "router's downlink_condition instead)", node=device.name, field="direction")
         old = (iface.up, iface.down)
         if direction in ("up", "both"):
             iface.up = limits
@@ -1184,8 +1207,8 @@ class Lab:
         self._watch_node_log(state)
         self._event("device_added", state.name, **state.snapshot())
         for iface in state.ifaces.values():
-            self._event("iface_added", state.name, iface=iface.name, ip=str(iface.ip), router=iface.router.name,
-                        default=iface.name == state.default_iface)
+            self._event("iface_added", state.name, iface=iface.name, ip=_str(iface.ip), ip6=_str(iface.ip6),
+                        router=iface.router.name, default=iface.name == state.default_iface)
         self._write_state()
         return Device(self, state)
 
@@ -1285,6 +1308,20 @@ class Lab:
             state.ns = None
             raise
 
+    def _readvertise(self) -> None:
+        """Advertiser thread: every device's default router sends its RA again."""
+        def send() -> None:
+            for device in list(self._devices.values()):
+                iface = device.ifaces.get(device.default_iface or "")
+                if device.alive and iface is not None and iface.attachment.v6 and iface.admin_up:
+                    router = iface.router
+                    assert router.lan is not None
+                    with contextlib.suppress(OSError, PatchbayError):
+                        ipv6.send_router_advertisement(_ns(router), router.lan.ifindex, iface.attachment.v6.ll,
+                                                       router.lan.mtu)
+
+        self._check_open().call(send)
+
     def _device_v6_sysctls(self) -> dict[str, str]:
         values = netplan.ipv6_sysctls(forwarding=False, dad=self._dad, accept_ra=self._ra_driven)
         if self._ra_driven:
@@ -1338,7 +1375,8 @@ class Lab:
         """Kernel thread: undo a made device (its namespace, wires and forwards)."""
         if state.ns is not None:
             for iface in state.ifaces.values():
-                self._unshape(state, iface)
+                with contextlib.suppress(PatchbayError):  # its link may be gone already
+                    self._unshape(state, iface)
             self._shaper.drop_node(state.ns.inode)
             state.ns.close()
             state.ns = None
@@ -1346,6 +1384,8 @@ class Lab:
     def _check_new_name(self, name: str) -> None:
         if not isinstance(name, str) or not name or any(c.isspace() or c == "/" for c in name):
             raise TopologyError("a node name must be a non-empty string without whitespace or '/'", node=str(name))
+        if any(c in name for c in "=,\n"):
+            raise TopologyError("a node name may not contain '=', ',' or a newline", node=name)
         if name == "ix":
             raise TopologyError("'ix' is the name of the lab's internet exchange; pick another", node=name)
         if name in self._nodes:
@@ -1368,22 +1408,38 @@ class Lab:
 
     def _runtime(self, state: NodeState) -> NodeRuntime:
         with self._lock:
+            if not state.alive:
+                raise NodeGone(state.label)  # removed meanwhile
             if state.runtime is None:
                 assert state.ns is not None
                 state.runtime = NodeRuntime(state.name, state.ns.fd, self._names.mount_ns(state.name))
             return state.runtime
 
     def _spawn_command(self, state: NodeState, argv: Sequence[str], popen_kw: dict[str, Any]) -> Future[Any]:
+        # The spawner and the exit watcher are made by the kernel thread: a thread inherits its
+        # maker's namespaces, and these must not hold a node's (the caller may be node code).
+        # (Not by the spawner thread either: in the lab's PID namespace it cannot start threads.)
+        if self._spawner is None:
+            spawner_made = self._check_open().call(Spawner, self.label, _ns(self._ix).fd)
+            with self._lock:
+                if self._spawner is None and not self._closed:
+                    self._spawner, spawner_made = spawner_made, None
+            if spawner_made is not None:
+                spawner_made.close()
+        if self._output is not None and self._exits is None:
+            exits = self._check_open().call(ExitWatcher, self.label)
+            with self._lock:
+                if self._exits is None and not self._closed:
+                    self._exits, exits = exits, None
+            if exits is not None:
+                exits.close()
         with self._lock:
             if self._closed:
                 raise PatchbayError(f"lab {self.label!r} is closed")
-            if self._spawner is None:
-                self._spawner = Spawner(self.label, _ns(self._ix).fd)
+            if not state.alive:
+                raise NodeGone(state.label)
             spawner = self._spawner
-            # Made here: the spawner thread (which completes the future) lives in the lab's
-            # PID namespace and cannot start threads.
-            if self._output is not None and self._exits is None:
-                self._exits = ExitWatcher(self.label)
+            assert spawner is not None
         assert state.ns is not None
         kwargs = dict(popen_kw)
         opened = []
@@ -1478,6 +1534,10 @@ def _logged(what: str) -> Iterator[None]:
         yield
     except Exception:
         log.exception("lab close: %s failed", what)
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _is_below(router: RouterState, ancestor: RouterState) -> bool:

@@ -8,7 +8,9 @@ those of loggers whose name contains `_events.` also to `{kind}.{name}.events.js
 
 Which records: `PATCHBAY_LOG` when set, as comma-separated `level` or `logger=level`
 directives (the longest matching logger prefix wins: `PATCHBAY_LOG=info,myapp.net=debug`);
-otherwise whatever the root logger lets through. Records of the lab's own threads (kernel
+otherwise whatever the root logger lets through (PATCHBAY_LOG lowers the levels of the loggers
+it names, the root logger for a bare level, so those records are made at all: the process's
+other handlers see them too unless their own level filters them). Records of the lab's own threads (kernel
 worker, namespace factory, spawner) are not a node's and are left alone.
 
 Record shape (one JSON object a line): ts (epoch seconds), level, logger, message, node, kind,
@@ -55,8 +57,11 @@ class _NodeFiles:
         self._log_path, self._events_path = log_path, events_path
         self._log: IO[str] | None = None
         self._events: IO[str] | None = None
+        self._closed = False
 
     def write(self, line: str, *, event: bool) -> None:
+        if self._closed:
+            return  # the node went away while this record was on its way
         if self._log is None:
             self._log = open(self._log_path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
         self._log.write(line)
@@ -68,6 +73,7 @@ class _NodeFiles:
             self._events.flush()
 
     def close(self) -> None:
+        self._closed = True
         for f in (self._log, self._events):
             if f is not None:
                 f.close()
@@ -98,8 +104,8 @@ class NodeLogRouter(logging.Handler):
     def remove(self, netns_inode: int) -> None:
         with self._lock_nodes:
             files = self._nodes.pop(netns_inode, None)
-        if files is not None:
-            files.close()
+            if files is not None:
+                files.close()  # under the lock: no write is half-way through it
 
     def _wanted(self, record: logging.LogRecord) -> bool:
         if not self._directives:

@@ -72,6 +72,9 @@ class Spawner:
                 fut, ns_fd, mnt_fd, node, argv, kwargs = item
                 if not fut.set_running_or_notify_cancel():
                     continue
+                if argv is None:  # a barrier: everything before it has been forked
+                    fut.set_result(None)
+                    continue
                 try:
                     fut.set_result(self._fork(home, ns_fd, mnt_fd, node, argv, kwargs))
                 except BaseException as exc:
@@ -115,6 +118,15 @@ class Spawner:
             self._children = [c for c in self._children if c.returncode is None]
             self._children.append(child)
         return child
+
+    def barrier(self, timeout: float = 10.0) -> None:
+        """Wait until every command submitted so far has been forked (or failed)."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                return
+            self._queue.put((fut, -1, -1, "", None, None))
+        fut.result(timeout)
 
     def submit(
         self, ns_fd: int, mnt_fd: int, node: str, argv: Sequence[str], kwargs: dict[str, Any]

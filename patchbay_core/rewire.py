@@ -10,11 +10,13 @@ and the plan released. Each change emits an event and rewrites state.json.
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_interface
 from typing import TYPE_CHECKING
 
-from . import netplan
+from . import ipv6, netplan
 from .errors import PatchbayError, TopologyError
 from .netops import Addr, LinkDel, LinkSet, NetOp, Route
 from .netplan import LanPlug, PoolExhausted
@@ -24,6 +26,8 @@ from .topology import DeviceIfaceState, DeviceState, NodeState, RouterState, ns_
 if TYPE_CHECKING:
     from .handles import Router
     from .lab import Lab
+
+log = logging.getLogger(__name__)
 
 
 class Rewiring:
@@ -119,24 +123,24 @@ class Rewiring:
             if len(device.ifaces) == 1:
                 raise TopologyError(f"{name} is the device's last interface; remove the device instead "
                                     "(lab.remove_device)", node=device.name, field=f"remove_iface({name!r})")
-            new_default = device.default_iface
-            if new_default == name:
-                new_default = next(n for n in device.ifaces if n != name)
+            was_default = device.default_iface == name
+            new_default = next(n for n in device.ifaces if n != name) if was_default else device.default_iface
 
         def apply() -> None:
             self._unplug(device, iface)
+            with lab._lock:
+                del device.ifaces[name]  # gone from the kernel: routes are worked out without it
             if new_default != device.default_iface:
                 device.default_iface = new_default
                 self._route_default(device)
 
         await lab._check_open().run(apply)
         with lab._lock:
-            del device.ifaces[name]
             lab._release_plug(iface.router, iface.attachment)
             _unlink_child(iface.router, device)
         lab._event("iface_removed", device.name, iface=name, router=iface.router.name)
-        if new_default != name:
-            lab._event("default_route_changed", device.name, iface=new_default)
+        if was_default:
+            lab._event("default_route_changed", device.name, iface=new_default, previous=name)
         lab._write_state()
 
     async def set_default_route(self, device: DeviceState, name: str) -> None:
@@ -166,9 +170,18 @@ class Rewiring:
 
         def apply() -> None:
             ns = ns_of(device)
-            # Down, the kernel drops the routes through the link; up, the default comes back.
-            ns.apply([LinkSet(iface.ifindex, name, up=up)])
+            if up == iface.admin_up:
+                return
+            # Down, the kernel drops the routes through the link, and its IPv6 link-local
+            # address (global ones stay: keep_addr_on_down); up, both come back.
+            ops: list[NetOp] = [LinkSet(iface.ifindex, name, up=up)]
+            v6 = iface.attachment.v6
+            if up and v6 is not None:
+                ops.append(Addr(iface.ifindex, name, v6.ll, 64, nodad=not lab._dad))
+            ns.apply(ops)
             iface.admin_up = up
+            if up and v6 is not None and lab._dad:
+                ipv6.wait_dad(ns)
             if up and device.default_iface == name:
                 self._route_default(device)
 
@@ -255,16 +268,30 @@ class Rewiring:
         lab._forget_node_log(device)
 
         def apply() -> None:
-            ns = ns_of(device)
-            # Links first, explicitly: the namespace itself goes only once the kernel gets to
-            # it, and its address may be handed out again at once.
-            with contextlib.suppress(PatchbayError):
-                ns.apply([LinkDel(i.ifindex, i.name) for i in device.ifaces.values()])
-            for iface in device.ifaces.values():
-                lab._retarget_forwards(device.name, iface.router, iface.ip, None)
-            lab._unmake_device(device)
+            # Best effort from here on: the device is gone for its users whatever fails, so
+            # every step runs, and the namespace is closed last in any case.
+            try:
+                for iface in device.ifaces.values():
+                    with _logged(f"{device.name}: unshape {iface.name}"):
+                        lab._unshape(device, iface)
+                    with _logged(f"{device.name}: drop forwards to {iface.name}"):
+                        lab._retarget_forwards(device.name, iface.router, iface.ip, None)
+                # Links explicitly: the namespace itself goes only once the kernel gets to it,
+                # and the device's addresses may be handed out again at once.
+                with _logged(f"{device.name}: delete its links"):
+                    ns_of(device).apply([LinkDel(i.ifindex, i.name) for i in device.ifaces.values()])
+            finally:
+                lab._unmake_device(device)
 
-        await lab._check_open().run(apply)
+        try:
+            await lab._check_open().run(apply)
+        finally:
+            self._forget_device(device)
+        lab._event("device_removed", device.name)
+        lab._write_state()
+
+    def _forget_device(self, device: DeviceState) -> None:
+        lab = self._lab
         with lab._lock:
             for iface in device.ifaces.values():
                 lab._release_plug(iface.router, iface.attachment)
@@ -273,8 +300,6 @@ class Rewiring:
             lab._nodes.pop(device.name, None)
             lab._devices.pop(device.name, None)
         lab._names.forget(device.name)
-        lab._event("device_removed", device.name)
-        lab._write_state()
 
     async def remove_router(self, router: RouterState) -> None:
         """Remove a router nothing hangs on any more (devices and chained routers first)."""
@@ -315,10 +340,14 @@ class Rewiring:
         lab._write_state()
 
     def _stop_node(self, node: NodeState) -> None:
-        """End the node's threads and every process living in its namespace."""
+        """End the node's threads and every process living in its namespace (also those still
+        queued at the spawner when the node was marked gone: they are forked first)."""
         if node.runtime is not None:
             node.runtime.close()
             node.runtime = None
+        spawner = self._lab._spawner
+        if spawner is not None:
+            spawner.barrier()
         if node.ns is not None:
             kill_processes_in(node.ns.inode)
 
@@ -346,6 +375,8 @@ class Rewiring:
         if iface.admin_up:
             ops.insert(0, LinkSet(plug.ifindex, plug.iface, up=True))
         ns.apply(ops)
+        if plug.v6 is not None and lab._dad and iface.admin_up:
+            ipv6.wait_dad(ns)
         if device not in router.children:
             router.children.append(device)
         if iface.admin_up and device.default_iface == iface.name:
@@ -374,6 +405,15 @@ class Rewiring:
         ns.apply(iface.attachment.default_routes(v6=not lab._ra_driven))
         if lab._ra_driven:
             lab._ra_default_route(device, iface)
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """A step of a removal that may fail without stopping the others (logged, not raised)."""
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed", what)
 
 
 def _iface(device: DeviceState, name: str) -> DeviceIfaceState:

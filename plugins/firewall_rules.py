@@ -16,7 +16,10 @@ def firewall_ruleset(config: FirewallConfig, ctx: RuleContext) -> str:
     forward = ["    ct state established,related accept"]
     if config.block_inbound and ctx.wan_iface:
         forward += [
-            f'    iifname {wan} ct status dnat counter accept comment "firewall.inbound_admitted_by_nat"',
+            # IPv4 only: what a NAT44 mapping or port forward admitted. (An NPTv6 mapping DNATs
+            # every inbound packet; under BLOCK_INBOUND it must stay blocked.)
+            f'    iifname {wan} meta nfproto ipv4 ct status dnat counter accept '
+            'comment "firewall.inbound_admitted_by_nat"',
             f'    iifname {wan} counter drop comment "firewall.inbound_blocked"',
         ]
     for proto, allowed in (("tcp", config.allow_tcp_ports), ("udp", config.allow_udp_ports)):

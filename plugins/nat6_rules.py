@@ -17,7 +17,7 @@ from patchbay_core.rules import RuleContext
 
 def nat6_ruleset(mode: NatV6Mode, ctx: RuleContext) -> str | None:
     wan, inside = f'"{ctx.wan_iface}"', ctx.lan_cidr6
-    if inside is None or not ctx.wan_iface:
+    if inside is None or not ctx.wan_iface or ctx.wan_ip6 is None:  # no IPv6 outside: nothing to do
         return f"table ip6 {ctx.table} {{\n}}\n"
     if mode is NatV6Mode.NPTV6:
         outside = ctx.npt_prefix6
@@ -40,7 +40,10 @@ def nat6_ruleset(mode: NatV6Mode, ctx: RuleContext) -> str | None:
             f"table ip6 {ctx.table} {{\n"
             "  chain postrouting {\n"
             "    type nat hook postrouting priority srcnat; policy accept;\n"
-            f'    oifname {wan} ip6 saddr {inside} counter masquerade comment "nat6.masquerade"\n'
+            # Everything from behind it (its own LAN and routers chained below), not the router
+            # itself nor neighbour discovery.
+            f'    oifname {wan} ip6 saddr != {{ {ctx.wan_ip6}, fe80::/10 }} counter masquerade '
+            'comment "nat6.masquerade"\n'
             "  }\n"
             "}\n"
         )

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import socket
 import struct
 import time
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import anyio
 import pytest
@@ -440,3 +442,51 @@ async def test_recipe_intermittent_connectivity(lab: pb.Lab) -> None:
     for down, up in flaps:
         assert not [t for t in answered if down + 0.01 < t < up - 0.01], "echoes during a flap"
         assert [t for t in answered if up < t < up + 0.3], "no recovery after a flap"
+
+
+async def test_removing_a_shaped_device_frees_its_router(lab: pb.Lab) -> None:
+    dc = await lab.add_router("dc").build()
+    dev = await lab.add_device("dev").iface("eth0", dc, pb.LinkCondition.WIFI).build()
+    await dev.set_link_condition("eth0", {"latency_ms": 5}, direction="down")
+    await lab.remove_device(dev)
+    assert lab.devices() == []
+    await lab.remove_router(dc)  # nothing hangs on it any more
+    assert lab.routers() == []
+
+
+async def test_commands_racing_a_removal_never_outlive_it(lab: pb.Lab) -> None:
+    dc = await lab.add_router("dc").build()
+    dev = await lab.add_device("dev").iface("eth0", dc).build()
+    inode = dev._state.ns.inode  # type: ignore[union-attr]
+    queued = [lab._spawn_command(dev._state, ["sleep", "60"], {}) for _ in range(30)]
+    await lab.remove_device(dev)
+    for fut in queued:  # forked (then killed) or refused, never left running
+        with contextlib.suppress(Exception):
+            fut.result(10)
+    assert not [pid for pid in _all_pids() if _in_netns(pid, inode)]
+    with pytest.raises(pb.NodeGone):
+        await dev.spawn_command(["true"])
+
+
+async def test_the_first_command_spawned_by_node_code_pins_nothing(tmp_path: Path) -> None:
+    async with pb.Lab(pb.LabOpts(outdir=pb.OutDir.exact(tmp_path))) as lab:
+        dc = await lab.add_router("dc").build()
+        dev = await lab.add_device("dev").iface("eth0", dc).build()
+        inode = dev._state.ns.inode  # type: ignore[union-attr]
+
+        async def start(node: pb.Device) -> int:
+            proc = await node.spawn_command(["true"])  # the lab's first command: its helpers start now
+            return await proc.wait()
+
+        assert await dev.spawn(start) == 0
+        await lab.remove_device(dev)
+        tasks = [t for t in os.listdir("/proc/self/task")
+                 if _readlink(f"/proc/self/task/{t}/ns/net") == f"net:[{inode}]"]
+        assert tasks == []  # no thread of the lab stayed in the removed device's namespace
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""

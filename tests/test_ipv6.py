@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 import patchbay_core as pb
+from patchbay_core import nptv6
 from tests.helpers import serve_tcp_echo
 
 pytestmark = pytest.mark.anyio
@@ -222,3 +223,62 @@ async def test_ipv6_bad_input(lab: pb.Lab) -> None:
     with pytest.raises(pb.TopologyError, match="no IPv4 address to renew"):
         await dev.renew_ip("eth0")
     assert lab.routers() == [v6]
+
+
+async def test_nptv6_behind_block_inbound_stays_closed(lab: pb.Lab) -> None:
+    dc = await lab.add_router("dc").preset(pb.RouterPreset.PUBLIC).build()
+    home = await lab.add_router("home").preset(pb.RouterPreset.HOME).nat_v6(pb.NatV6Mode.NPTV6).build()
+    outside = await lab.add_device("outside").iface("eth0", dc).build()
+    inside = await lab.add_device("inside").iface("eth0", home).build()
+    mapped = nptv6.translate(inside.ip6, home.downstream_cidr6, home.npt_prefix6)  # type: ignore[arg-type]
+    assert (await outside.ping(mapped, timeout=0.3)).received == 0  # the firewall holds
+    assert (await inside.ping(outside.ip6)).received == 1  # outbound, and its replies, pass
+    assert (await home.counters())["firewall.inbound_blocked"] >= 1
+
+
+async def test_masquerade_covers_routers_chained_below(lab: pb.Lab) -> None:
+    dc = await lab.add_router("dc").preset(pb.RouterPreset.PUBLIC).build()
+    top = await lab.add_router("top").ip_support(pb.IpSupport.DUAL_STACK).nat_v6(pb.NatV6Mode.MASQUERADE).build()
+    sub = await lab.add_router("sub").ip_support(pb.IpSupport.DUAL_STACK).upstream(top).build()
+    server = await lab.add_device("server").iface("eth0", dc).build()
+    deep = await lab.add_device("deep").iface("eth0", sub).build()
+    assert (await deep.ping(server.ip6)).received == 1
+    with pytest.raises(pb.TopologyError, match="translates only its own IPv6 prefix"):
+        npt = await lab.add_router("npt").ip_support(pb.IpSupport.DUAL_STACK).nat_v6(pb.NatV6Mode.NPTV6).build()
+        await lab.add_router("below").ip_support(pb.IpSupport.DUAL_STACK).upstream(npt).build()
+
+
+async def test_ra_driven_link_flaps_and_interface_removal() -> None:
+    async with pb.Lab(pb.LabOpts(ipv6_provisioning=pb.Ipv6Provisioning.RA_DRIVEN)) as lab:
+        a = await lab.add_router("a").preset(pb.RouterPreset.PUBLIC).build()
+        b = await lab.add_router("b").preset(pb.RouterPreset.PUBLIC).build()
+        server = await lab.add_device("server").iface("eth0", a).build()
+        dev = await lab.add_device("dev").iface("eth0", b).iface("eth1", a).build()
+        await dev.link_down("eth0")
+        await dev.link_up("eth0")  # the link-local address and the RA's route come back
+        assert (await dev.ping(server.ip6)).received == 1
+        assert dev.iface("eth0").ll6 in {x.ip for x in dev._state.ns.addrs()}  # type: ignore[union-attr]
+        await dev.remove_iface("eth0")  # the default: eth1 takes over, by RA
+        assert dev.default_iface().name == "eth1" and (await dev.ping(server.ip6)).received == 1
+
+
+async def test_static_dad_link_flap_waits_for_the_kernel() -> None:
+    async with pb.Lab(pb.LabOpts(ipv6_dad=pb.Ipv6Dad.ENABLED)) as lab:
+        r = await lab.add_router("r").preset(pb.RouterPreset.PUBLIC).build()
+        dev = await lab.add_device("dev").iface("eth0", r).build()
+        await dev.link_down("eth0")
+        await dev.link_up("eth0")
+        assert not [x for x in dev._state.ns.addrs() if x.tentative]  # type: ignore[union-attr]
+        assert (await dev.ping(r.gateway_ip6)).received == 1
+
+
+async def test_ipv6_only_refusals(lab: pb.Lab) -> None:
+    with pytest.raises(pb.TopologyError, match="no IPv4 LAN to NAT"):
+        await lab.add_router("nat").ip_support(pb.IpSupport.V6_ONLY).nat(pb.Nat.HOME).build()
+    with pytest.raises(pb.TopologyError, match="port forwards need IPv4"):
+        await lab.add_router("fwd").ip_support(pb.IpSupport.V6_ONLY).port_forward("udp", 5000, "x").build()
+    v6 = await lab.add_router("v6").ip_support(pb.IpSupport.V6_ONLY).build()
+    dev = await lab.add_device("dev").iface("eth0", v6).build()
+    with pytest.raises(pb.TopologyError, match="download conditions need an IPv4 address"):
+        await dev.set_link_condition("eth0", "wifi", direction="both")
+    assert dev.link_stats("eth0") is None  # nothing half-applied

@@ -57,6 +57,7 @@ def outdirs(root: Path) -> dict[str, Path]:
 
 def test_every_lab_test_writes_its_own_outdir(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PATCHBAY_OUTDIR", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # the inner session is not an xdist worker
     pytester.makepyfile(test_sample=SUITE)
     result = pytester.runpytest_inprocess("-s")
     result.assert_outcomes(passed=2)

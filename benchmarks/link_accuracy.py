@@ -4,7 +4,8 @@
 
 Delay: one device's upload gets a latency; RTT to a server behind another router, p50/p99 of
 --pings echoes, minus the clean RTT, against the set value. Loss: --packets numbered UDP
-datagrams, measured loss against the set value. Backend: the wire (this kernel has no netem).
+datagrams, measured loss against the set value. The backend is printed first (this project's
+kernels have no netem: the wire).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ async def main(pings: int, packets: int) -> None:
     async with pb.Lab(pb.LabOpts(label="link-accuracy")) as lab:
         server, dev = await setup(lab)
         clean = statistics.median((await dev.ping(server.ip, count=50, interval=0.01)).rtts_ms)
-        print(f"clean RTT p50 {clean:.3f} ms\n")
+        print(f"backend: {lab._shaper.backend}; clean RTT p50 {clean:.3f} ms\n")
         print(f"{'set delay (up)':>16} {'RTT-clean p50':>14} {'p99':>8} {'error p50':>10}")
         for delay in (1, 10, 50, 100):
             await dev.set_link_condition("eth0", {"latency_ms": delay})

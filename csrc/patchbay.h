@@ -129,6 +129,12 @@ void pb_wire_set(struct pb_wire *w, const struct pb_wire_params *p);
 void pb_wire_stats(struct pb_wire *w, struct pb_wire_stats *out);
 /* Stops the thread after sending what it still holds; the TAP goes with its fd. */
 void pb_wire_free(struct pb_wire *w);
+/* For the netem backend (rtnl.c): a link of a kind that needs no data (e.g. "ifb"), created
+ * in the socket's namespace with index `ifindex` (0: the kernel picks), up or down. */
+int pb_batch_link_kind(struct pb_batch *b, const char *kind, const char *name, int ifindex, int up);
+/* A tc dump (RTM_GETQDISC, RTM_GETTCLASS, RTM_GETTFILTER) of `ifindex` (0: every device, for
+ * qdiscs) under `parent` (filters): answers concatenated in a malloc'd buffer (pb_free). */
+int pb_tc_dump(int fd, int msg_type, int ifindex, unsigned int parent, uint8_t **out, size_t *out_len);
 
 /* ---- processes (proc.c) ---- */
 /* On the calling thread: unshare a PID namespace and fork its init, a reaper that exits

@@ -564,3 +564,25 @@ int pb_ct_flush(int fd, int family)
 				return ((const struct nlmsgerr *)mnl_nlmsg_get_payload(m))->error;
 	}
 }
+
+/* ---- for link conditions on the netem backend ---- */
+
+int pb_batch_link_kind(struct pb_batch *b, const char *kind, const char *name, int ifindex, int up)
+{
+	struct nlmsghdr *nlh = msg_start(b, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+	if (!nlh)
+		return -ENOMEM;
+	put_ifinfo(nlh, ifindex, up ? 1 : 0);
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+	struct nlattr *linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+	mnl_attr_put_strz(nlh, IFLA_INFO_KIND, kind);
+	mnl_attr_nest_end(nlh, linkinfo);
+	return msg_end(b, nlh);
+}
+
+int pb_tc_dump(int fd, int msg_type, int ifindex, unsigned int parent, uint8_t **out, size_t *out_len)
+{
+	/* tc dumps take a whole tcmsg (a filter dump needs the device and the parent). */
+	struct tcmsg hdr = {.tcm_family = AF_UNSPEC, .tcm_ifindex = ifindex, .tcm_parent = parent};
+	return dump_request(fd, msg_type, &hdr, sizeof(hdr), out, out_len);
+}

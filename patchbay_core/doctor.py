@@ -8,19 +8,25 @@ change when it fails.
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import os
 import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import PatchbayError
+from . import netem
+from .errors import KernelFeatureMissing, PatchbayError
 from .kernel.namespace import NetNs
 from .kernel.native import lib
+from .kernel.wire import send_tc
+from .link import LinkLimits
+from .link_shaping import NetemSupport
 from .netops import Bridge, LinkSet, Macvlan, Qdisc, VethPair
 from .userns import has_net_admin, in_user_namespace
 
 CLONE_NEWPID = 0x20000000
+TUNSETIFF = 0x400454CA
 
 
 @dataclass(frozen=True)
@@ -39,14 +45,42 @@ class Report:
     def labs_can_run(self) -> bool:
         return all(c.ok for c in self.checks if c.required)
 
+    def _ok(self, name: str) -> bool:
+        check = next((c for c in self.checks if c.name == name), None)
+        return check is not None and check.ok
+
     @property
     def has_netem(self) -> bool:
-        netem = next((c for c in self.checks if c.name == "netem qdisc"), None)
-        return netem is not None and netem.ok
+        return self._ok("netem qdisc")
+
+    @property
+    def has_tun(self) -> bool:
+        """The wire can make its TAP: /dev/net/tun opens, and (when checked) a TAP comes up."""
+        tap = next((c for c in self.checks if c.name == "wire TAP"), None)
+        return self._ok("TUN device") and (tap is None or tap.ok)
 
     @property
     def link_backend(self) -> str:
-        return "netem" if self.has_netem else "wire"
+        """What link_backend="auto" picks here for a lab without a seed."""
+        return "netem" if self.has_netem and self._ok("ifb") else "wire"
+
+    def backend_lines(self) -> list[str]:
+        tun = "ok" if self.has_tun else "not here (see the TUN device and wire TAP lines)"
+        if self.link_backend == "netem":
+            lines = ['link_backend="auto" picks: netem (sch_netem and ifb are here: conditions are kernel qdiscs)',
+                     "  with LabOpts(seed=...) it picks wire: a seed forces the wire, the only backend whose "
+                     "draws repeat per flow whatever else crosses the link",
+                     f"  the wire (link_backend='wire', or any seeded lab) needs /dev/net/tun and a TAP: {tun}"]
+            if not self.has_tun:
+                lines.append("  so link conditions are unavailable on the wire backend here (seeded labs included)")
+            return lines
+        reason = "sch_netem is missing" if not self.has_netem else "sch_netem is here but ifb is missing"
+        lines = [f'link_backend="auto" picks: wire ({reason}; with a seed it picks the wire too)',
+                 f"  the wire needs /dev/net/tun and a TAP: {tun}"]
+        if not self.has_tun:
+            lines.append("  so link conditions are unavailable here: labs without link conditions can run; load the "
+                         "tun module or run as root to have them")
+        return lines
 
     def render(self) -> str:
         width = max(len(c.name) for c in self.checks)
@@ -54,10 +88,8 @@ class Report:
         for c in self.checks:
             mark = "ok  " if c.ok else ("FAIL" if c.required else "no  ")
             lines.append(f"{mark}  {c.name:<{width}}  {c.detail}")
-        reason = ("sch_netem is present, but the netem backend is not built yet" if self.has_netem
-                  else "sch_netem is missing")
         lines.append("")
-        lines.append(f"link_backend=\"auto\" picks: wire ({reason}; the wire needs /dev/net/tun)")
+        lines += self.backend_lines()
         lines.append("labs can run here" if self.labs_can_run else "labs cannot run here: fix the FAIL lines above")
         return "\n".join(lines)
 
@@ -103,9 +135,10 @@ def _kernel_checks() -> list[Check]:
             "  ct state established accept\n }\n}\n"
         ) or "libnftables transactions with conntrack matches"))
         probe.apply([LinkSet(1, "lo", up=True)])
-        checks.append(_probe("netem qdisc", lambda: probe.apply([_netem_probe()]) or "tc netem available",
-                             required=False, hint=" (optional: the wire backend stands in)"))
+        checks.append(_netem_check(probe))
+        checks.append(_ifb_check(probe))
         checks.append(_probe("tbf qdisc", lambda: probe.apply([_tbf_probe()]) or "rate limits", required=False))
+        checks.append(_tap_check())
         rc = lib.pb_unshare(CLONE_NEWPID)
         checks.append(Check("PID namespaces", rc == 0,
                             "a lab's processes live and die together" if rc == 0 else os.strerror(-rc)))
@@ -114,9 +147,47 @@ def _kernel_checks() -> list[Check]:
     return checks
 
 
-def _netem_probe() -> Qdisc:
-    # struct tc_netem_qopt: latency, limit, loss, gap, duplicate, jitter (all u32)
-    return Qdisc(1, "lo", "netem", options=struct.pack("=6I", 0, 1000, 0, 0, 0, 0))
+def _netem_check(ns: NetNs) -> Check:
+    """A netem root on lo, encoded as the netem backend does (delay 1 ms)."""
+    options = netem.encode(netem.options_for(LinkLimits(latency_ms=1)), netem.psched())
+    try:
+        send_tc(ns.rtnl_fd, [netem.netem_qdisc(1, "lo", options)], ns.node)
+    except KernelFeatureMissing:
+        return Check("netem qdisc", False, "sch_netem is not in this kernel: install the kernel's modules package "
+                     "(e.g. linux-modules-extra) and `modprobe sch_netem` (optional: the wire backend stands in)",
+                     False)
+    except PatchbayError as exc:
+        return Check("netem qdisc", False, f"{exc} (optional: the wire backend stands in)", False)
+    return Check("netem qdisc", True, "sch_netem: link conditions can be kernel qdiscs", False)
+
+
+def _ifb_check(ns: NetNs) -> Check:
+    return _probe("ifb", lambda: send_tc(ns.rtnl_fd, [netem.IfbLink("pbifb0", 30)], ns.node) or
+                  "IFB devices: the netem backend's per-device downloads", required=False,
+                  hint=" (optional: only the netem backend needs it)")
+
+
+def probe_netem() -> NetemSupport:
+    """Can the netem backend run here? Tried in a throwaway namespace on a thread of its own."""
+    fut: concurrent.futures.Future[NetemSupport] = concurrent.futures.Future()
+
+    def worker() -> None:
+        try:
+            probe = NetNs.create("netem-probe", {}, stay=True)
+        except BaseException as exc:
+            fut.set_result(NetemSupport(False, False, f"no network namespace: {exc}"))
+            return
+        try:
+            probe.apply([LinkSet(1, "lo", up=True)])
+            checks = [_netem_check(probe), _ifb_check(probe)]
+            fut.set_result(NetemSupport(checks[0].ok, checks[1].ok, "; ".join(c.detail for c in checks)))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        finally:
+            probe.close()
+
+    threading.Thread(target=worker, name="patchbay-netem-probe", daemon=True).start()
+    return fut.result(timeout=30)
 
 
 def _tbf_probe() -> Qdisc:
@@ -128,18 +199,36 @@ def _tbf_probe() -> Qdisc:
     return Qdisc(1, "lo", "tbf", options=options, replace=True)
 
 
+def _tap_check() -> Check:
+    """A TAP as the wire makes it (virtio-net headers), inside the probe namespace: it goes
+    away with its file descriptor."""
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+    except OSError as exc:
+        return Check("wire TAP", False, f"/dev/net/tun: {exc.strerror}", False)
+    try:
+        iff_tap, iff_no_pi, iff_vnet_hdr = 0x0002, 0x1000, 0x4000
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"pbtap0", iff_tap | iff_no_pi | iff_vnet_hdr))
+        return Check("wire TAP", True, "a TAP with virtio-net headers: the wire's way in", False)
+    except OSError as exc:
+        return Check("wire TAP", False, f"TUNSETIFF refused ({exc.strerror}): the wire cannot make its TAP", False)
+    finally:
+        os.close(fd)
+
+
 def _tun() -> Check:
     path = "/dev/net/tun"
     if not os.path.exists(path):
-        return Check("TUN device", False, f"{path} is missing (needed by NAT64); load the tun module", False)
+        return Check("TUN device", False, f"{path} is missing (needed by the wire link emulator and NAT64); "
+                     "load the tun module", False)
     try:
         fd = os.open(path, os.O_RDWR)
         os.close(fd)
-        return Check("TUN device", True, f"{path} opens", False)
+        return Check("TUN device", True, f"{path} opens (the wire link emulator, NAT64)", False)
     except OSError as exc:
         mode = oct(os.stat(path).st_mode & 0o777)
-        return Check("TUN device", False, f"{path} cannot be opened ({exc.strerror}, mode {mode}): NAT64 and "
-                     "TUN-based features are unavailable for this user", False)
+        return Check("TUN device", False, f"{path} cannot be opened ({exc.strerror}, mode {mode}): the wire link "
+                     "emulator, NAT64 and TUN-based features are unavailable for this user", False)
 
 
 def run_checks() -> Report:

@@ -104,7 +104,7 @@ class Lab:
         self._spawner: Spawner | None = None
         self._output: LabOutput | None = None
         self._ping_range = ping_group_range()
-        self._shaper = link_shaping.LinkShaper(self.opts.seed)
+        self._shaper = link_shaping.LinkShaper(self.opts.seed, self.opts.link_backend)
         self._default_emulation = link_shaping.emulation_from_env()
         self._names = LabNames(self.label)
         self._rewire = Rewiring(self)
@@ -138,7 +138,7 @@ class Lab:
         if self._started:
             return
         # What can be wrong with the options is checked before anything exists.
-        link_shaping.check_backend(self.opts.link_backend)
+        link_shaping.check_backend(self.opts.link_backend, self.opts.seed)
         outdir = self.opts.resolved_outdir()
         if outdir is not None:
             try:
@@ -177,6 +177,11 @@ class Lab:
     def _make_ix(self) -> None:
         ns = NetNs.create("ix", netplan.ix_sysctls(self._ping_range), stay=True)
         try:
+            # Where br_netfilter is loaded (Docker hosts), it would send every frame crossing
+            # the IX bridge through the IP hooks: the IX is a plain switch. Per namespace, and
+            # only there when the module is.
+            with contextlib.suppress(PatchbayError):
+                ns.write_sysctls(netplan.IX_BRIDGE_NO_NETFILTER)
             self._ix.bridge_ifindex = self._ix.alloc_ifindex()
             ns.apply(netplan.ix_ops(self._ix.bridge_ifindex))
         except BaseException:

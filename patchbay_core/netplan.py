@@ -243,6 +243,13 @@ def iface_ipv6_sysctls(iface: str, *, dad: bool) -> dict[str, str]:
             f"net.ipv6.conf.{iface}.disable_ipv6": "0", "net.ipv6.conf.all.forwarding": "1"}
 
 
+IX_BRIDGE_NO_NETFILTER = {
+    "net.bridge.bridge-nf-call-iptables": "0",
+    "net.bridge.bridge-nf-call-ip6tables": "0",
+    "net.bridge.bridge-nf-call-arptables": "0",
+}
+
+
 def ix_sysctls(ping_group_range: str) -> dict[str, str]:
     """The IX forwards like a router, and never tells a router to go around it: routers share
     its subnet, but traffic between them is meant to cross the IX (and later its region links)."""

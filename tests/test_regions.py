@@ -28,19 +28,19 @@ async def test_latency_between_regions_reroutes_and_blackholes(lab: pb.Lab) -> N
     h = await lab.add_device("h").iface("eth0", home).build()
 
     eu_us = await rtt(a, b)
-    assert eu_us is not None and 80 <= eu_us <= 83  # 40 ms each way
+    assert eu_us is not None and 80 <= eu_us <= 88  # 40 ms each way
     assert (await rtt(h, b) or 0) >= 80  # a NATed home in the region pays it too
     assert (await rtt(a, c) or 99) < 2 and (await rtt(b, c) or 99) < 2  # regionless: no penalty
 
     await lab.break_region_link(eu, us)
     detour = await rtt(a, b)
-    assert detour is not None and 220 <= detour <= 224  # through asia: 60 + 50 each way
+    assert detour is not None and 220 <= detour <= 229  # through asia: 60 + 50 each way
     await lab.break_region_link("eu", "asia")
     assert await rtt(a, b) is None  # no path left: blackholed, not sneaking over the IX
     assert (await rtt(a, c) or 99) < 2
     await lab.restore_region_link(eu, us)
     back = await rtt(a, b)
-    assert back is not None and 80 <= back <= 83
+    assert back is not None and 80 <= back <= 88
 
 
 async def test_default_regions_and_mistakes(lab: pb.Lab) -> None:
@@ -50,7 +50,7 @@ async def test_default_regions_and_mistakes(lab: pb.Lab) -> None:
     b = await lab.add_device("b").iface("eth0", await lab.add_router("r-oc").region("oceania").build()).build()
     measured = await rtt(a, b)
     # eu-oceania goes through us: 40 + 80 ms each way beats the direct 140.
-    assert measured is not None and 240 <= measured <= 244
+    assert measured is not None and 240 <= measured <= 249
     with pytest.raises(pb.TopologyError, match="unknown region 'mars'"):
         await lab.add_router("x").region("mars").build()
     with pytest.raises(pb.TopologyError, match="already linked"):

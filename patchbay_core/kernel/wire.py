@@ -1,11 +1,17 @@
-"""The C wire (userspace link emulator) through cffi."""
+"""Link conditions in the kernel: the C wire (userspace link emulator) through cffi, and the
+netlink side of the netem backend (batches with IFB links, tc dumps)."""
 
 from __future__ import annotations
 
+import errno
+import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from ..errors import KernelFeatureMissing, NetlinkError
 from .native import errbuf, ffi, home_netns_fd, lib, text
+from .rtnl import _put
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,9 @@ class WireStats:
 
 
 class Wire:
-    """One direction of one link: reads a TAP inside `ns_fd`, sends out of `out_ifindex`."""
+    """One direction of one link: reads a TAP inside `ns_fd`, sends out of `out_ifindex`.
+    Its threads are named "pbwire" (reading, deciding) and "pbwire-tx" (sending, once
+    traffic is heavy)."""
 
     def __init__(self, ns_fd: int, tap_name: str, out_ifindex: int, mtu: int, seed: int, node: str) -> None:
         err, errlen = errbuf()
@@ -66,3 +74,187 @@ class Wire:
         if self._w is not None:
             lib.pb_wire_free(self._w)
             self._w = None
+
+
+# ---- the netem backend's batches ---------------------------------------------------------
+
+def send_tc(rtnl_fd: int, ops: Sequence[object], node: str) -> None:
+    """Like `rtnl.send_batch`, for link-condition ops: `netops` and `netem.IfbLink`. A kernel
+    without sch_netem or IFB gets a KernelFeatureMissing that says what to install."""
+    from ..netem import IfbLink
+
+    if not ops:
+        return
+    batch = lib.pb_batch_new()
+    if batch == ffi.NULL:
+        raise MemoryError("rtnetlink batch")
+    try:
+        for op in ops:
+            if isinstance(op, IfbLink):
+                rc = lib.pb_batch_link_kind(batch, b"ifb", op.name.encode(), op.ifindex, 1)
+            else:
+                rc = _put(batch, op)  # type: ignore[arg-type]
+            if rc < 0:
+                raise NetlinkError(op.describe(), -rc, node=node)  # type: ignore[attr-defined]
+        failed = ffi.new("int *")
+        ext, extlen = errbuf()
+        rc = lib.pb_batch_send(batch, rtnl_fd, failed, ext, extlen)
+        if rc:
+            index = failed[0]
+            op = ops[index] if 0 <= index < len(ops) else None
+            what = op.describe() if op is not None else "rtnetlink batch"  # type: ignore[attr-defined]
+            detail = text(ext)
+            missing = _missing_feature(op, -rc, detail, node)
+            if missing is not None:
+                raise missing
+            raise NetlinkError(what, -rc, node=node, detail=detail)
+    finally:
+        lib.pb_batch_free(batch)
+
+
+def _missing_feature(op: object, err: int, detail: str, node: str) -> KernelFeatureMissing | None:
+    from ..netem import IfbLink
+    from ..netops import Qdisc
+
+    if isinstance(op, Qdisc) and op.kind == "netem" and op.add and err == errno.ENOENT and "kind" in detail:
+        return KernelFeatureMissing(
+            "sch_netem (the kernel's network emulator qdisc)",
+            f"{node}: {op.describe()}: the kernel answered {detail!r}. Install your distribution's "
+            "kernel modules package (e.g. linux-modules-extra) and `modprobe sch_netem`, or use "
+            "link_backend='wire' (or 'auto'): the userspace wire works on any kernel with /dev/net/tun.",
+        )
+    if isinstance(op, IfbLink) and err == errno.EOPNOTSUPP:
+        return KernelFeatureMissing(
+            "ifb (intermediate functional block devices, for per-device downloads on netem)",
+            f"{node}: {op.describe()}: {detail or 'unknown device type'}. `modprobe ifb` (CONFIG_IFB), "
+            "or use link_backend='wire' (or 'auto').",
+        )
+    return None
+
+
+# ---- tc dumps --------------------------------------------------------------------------------
+
+RTM_NEWQDISC, RTM_GETQDISC, RTM_NEWTFILTER, RTM_GETTFILTER = 36, 38, 44, 46
+TCA_KIND, TCA_OPTIONS, TCA_STATS2 = 1, 2, 7
+TCA_STATS_BASIC, TCA_STATS_QUEUE = 1, 3
+TCA_U32_SEL, TCA_U32_ACT = 5, 7
+TCA_ACT_KIND, TCA_ACT_OPTIONS, TCA_MIRRED_PARMS = 1, 2, 2
+_NLMSG = struct.Struct("=IHHII")
+_TCMSG = struct.Struct("=BxxxiIII")
+_NLA = struct.Struct("=HH")
+
+
+@dataclass(frozen=True, slots=True)
+class QdiscInfo:
+    ifindex: int
+    handle: int
+    parent: int
+    kind: str
+    options: bytes
+    bytes: int
+    packets: int
+    qlen: int
+    drops: int
+    requeues: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilterInfo:
+    prio: int
+    protocol: int
+    kind: str
+    ipv4_dst: IPv4Address | None  # the u32 key on the IPv4 destination, if any
+    target_ifindex: int  # where its mirred action redirects (0: none)
+
+
+def _tc_dump(rtnl_fd: int, msg_type: int, ifindex: int, parent: int, node: str) -> bytes:
+    out = ffi.new("uint8_t **")
+    out_len = ffi.new("size_t *")
+    rc = lib.pb_tc_dump(rtnl_fd, msg_type, ifindex, parent, out, out_len)
+    if rc:
+        raise NetlinkError("dump tc objects", -rc, node=node)
+    try:
+        return bytes(ffi.buffer(out[0], out_len[0]))
+    finally:
+        lib.pb_free(out[0])
+
+
+def _messages(buf: bytes, mtype: int) -> Iterator[memoryview]:
+    view, off = memoryview(buf), 0
+    while off + _NLMSG.size <= len(view):
+        length, kind = _NLMSG.unpack_from(view, off)[:2]
+        if length < _NLMSG.size:
+            break
+        if kind == mtype:
+            yield view[off + _NLMSG.size : off + length]
+        off += (length + 3) & ~3
+
+
+def _attrs(view: memoryview) -> dict[int, memoryview]:
+    out: dict[int, memoryview] = {}
+    off = 0
+    while off + _NLA.size <= len(view):
+        length, atype = _NLA.unpack_from(view, off)
+        if length < _NLA.size:
+            break
+        out[atype & 0x3FFF] = view[off + _NLA.size : off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def _cstr(raw: memoryview | bytes) -> str:
+    return bytes(raw).split(b"\0", 1)[0].decode()
+
+
+def _kind(attrs: dict[int, memoryview]) -> str:
+    return _cstr(attrs.get(TCA_KIND, b""))
+
+
+def dump_qdiscs(rtnl_fd: int, node: str, ifindex: int = 0) -> list[QdiscInfo]:
+    """The qdiscs of a namespace (of one interface when `ifindex`), with their counters."""
+    out = []
+    for body in _messages(_tc_dump(rtnl_fd, RTM_GETQDISC, ifindex, 0, node), RTM_NEWQDISC):
+        _family, index, handle, parent, _info = _TCMSG.unpack_from(body)
+        if ifindex and index != ifindex:
+            continue
+        a = _attrs(body[_TCMSG.size :])
+        nbytes = packets = qlen = drops = requeues = 0
+        if TCA_STATS2 in a:
+            stats = _attrs(a[TCA_STATS2])
+            if TCA_STATS_BASIC in stats:
+                nbytes, packets = struct.unpack_from("=QI", stats[TCA_STATS_BASIC])
+            if TCA_STATS_QUEUE in stats:
+                qlen, _backlog, drops, requeues, _over = struct.unpack_from("=5I", stats[TCA_STATS_QUEUE])
+        out.append(QdiscInfo(index, handle, parent, _kind(a), bytes(a.get(TCA_OPTIONS, b"")), nbytes, packets,
+                             qlen, drops, requeues))
+    return out
+
+
+def dump_filters(rtnl_fd: int, ifindex: int, parent: int, node: str) -> list[FilterInfo]:
+    """The u32 filters (with keys) under `parent` of one interface, e.g. clsact egress."""
+    out = []
+    for body in _messages(_tc_dump(rtnl_fd, RTM_GETTFILTER, ifindex, parent, node), RTM_NEWTFILTER):
+        _family, _index, _handle, _parent, info = _TCMSG.unpack_from(body)
+        a = _attrs(body[_TCMSG.size :])
+        kind = _kind(a)
+        if kind != "u32" or TCA_OPTIONS not in a:
+            continue
+        opts = _attrs(a[TCA_OPTIONS])
+        if TCA_U32_SEL not in opts:
+            continue  # the hash table node, not a key
+        sel = opts[TCA_U32_SEL]
+        nkeys = sel[2]
+        dst = None
+        for k in range(nkeys):
+            mask, val, off, _offmask = struct.unpack_from("=4sIii", sel, 16 + 16 * k)
+            if off == 16 and mask == b"\xff\xff\xff\xff":
+                dst = IPv4Address(struct.pack("=I", val))
+        target = 0
+        for act in _attrs(opts.get(TCA_U32_ACT, memoryview(b""))).values():
+            act_attrs = _attrs(act)
+            if _cstr(act_attrs.get(TCA_ACT_KIND, b"")) == "mirred":
+                parms = _attrs(act_attrs[TCA_ACT_OPTIONS])[TCA_MIRRED_PARMS]
+                target = struct.unpack_from("=IIiiiiI", parms)[6]  # tc_gen (index..bindcnt), eaction, ifindex
+        out.append(FilterInfo(prio=info >> 16, protocol=struct.unpack("!H", struct.pack("=H", info & 0xFFFF))[0],
+                              kind=kind, ipv4_dst=dst, target_ifindex=target))
+    return out

@@ -7,6 +7,7 @@ expression searched in the value), and `>=`, `<=`, `>`, `<` (both sides as numbe
 from __future__ import annotations
 
 import re
+import warnings
 
 from .interpolate import split_capture_key
 from .model import Check, Where
@@ -23,7 +24,9 @@ def translate_regex(pattern: str) -> str:
 
 def compile_regex(pattern: str, where: Where, what: str = "regex") -> re.Pattern[str]:
     try:
-        return re.compile(translate_regex(pattern))
+        with warnings.catch_warnings():  # a user's "[[" draws a FutureWarning from re: the pattern is theirs
+            warnings.simplefilter("ignore", FutureWarning)
+            return re.compile(translate_regex(pattern))
     except (re.error, RecursionError, OverflowError, ValueError) as exc:
         raise where.error(f"{what} {pattern!r} is not a valid regular expression: {exc}") from None
 

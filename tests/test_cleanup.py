@@ -10,13 +10,12 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import anyio
 import pytest
 
 import patchbay_core as pb
-from tests.helpers import netns_inodes_of_process
+from tests.helpers import alive, netns_inodes_of_process, processes_in
 
 pytestmark = pytest.mark.anyio
 
@@ -41,30 +40,6 @@ CHILD = textwrap.dedent(
     anyio.run(main)
     """
 )
-
-
-def processes_in(inodes: set[int]) -> list[int]:
-    """Pids of every task that sits in one of these network namespaces or holds one open."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            refs = [os.readlink(task / "ns" / "net") for task in (proc / "task").iterdir()]
-            refs += [os.readlink(fd) for fd in (proc / "fd").iterdir()]
-        except OSError:
-            continue
-        if any(ref.startswith("net:[") and int(ref[5:-1]) in inodes for ref in refs):
-            found.append(int(proc.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def host_links() -> set[str]:

@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
-from typing import TypeVar
 
 import pytest
 
 from patchbay_core import NetlinkError, NftError
-from patchbay_core.kernel import native
 from patchbay_core.kernel.namespace import NetNs
 from patchbay_core.netops import Addr, Bridge, LinkSet, Macvlan, Route, VethPair
-
-T = TypeVar("T")
-
-
-def in_own_namespace(fn: Callable[[NetNs], T]) -> T:
-    """Run `fn` on a thread that lives in a throwaway namespace (never the host's)."""
-    out: list[T] = []
-    err: list[BaseException] = []
-
-    def main() -> None:
-        home = NetNs.create("home", {}, stay=True)
-        try:
-            out.append(fn(home))
-        except BaseException as exc:
-            err.append(exc)
-        finally:
-            home.close()
-            native.close_home_netns_fd()
-
-    thread = threading.Thread(target=main)
-    thread.start()
-    thread.join(30)
-    if err:
-        raise err[0]
-    return out[0]
+from tests.helpers import in_throwaway_home
 
 
 def test_a_batch_makes_links_across_namespaces_and_configures_them() -> None:
@@ -57,7 +29,7 @@ def test_a_batch_makes_links_across_namespaces_and_configures_them() -> None:
         finally:
             peer.close()
 
-    home_links, peer_links, routes = in_own_namespace(work)
+    home_links, peer_links, routes = in_throwaway_home(work)
     assert home_links == ["br0@0", "lo@0", "low@0", "v0@20"]
     assert peer_links == ["eth0", "lo", "mv0", "x"]
     assert sorted(routes) == ["10.1.0.0/24", "10.2.0.0/24"]
@@ -74,7 +46,7 @@ def test_a_failed_operation_is_named_with_the_kernel_text() -> None:
         assert {"10.9.9.10", "10.9.9.11"} <= {str(a.ip) for a in home.addrs()}
         return err.value
 
-    error = in_own_namespace(work)
+    error = in_throwaway_home(work)
     assert error.errno == 17 and error.node == "home"
     assert str(error) == "home: add address 10.9.9.9/32 on lo: File exists (EEXIST): ipv4: Address already assigned"
 
@@ -91,7 +63,7 @@ def test_nft_runs_transactions_reports_its_own_errors_and_lists_json() -> None:
         assert "chain d" not in home.nft("list ruleset")
         return listing, str(err.value)
 
-    listing, message = in_own_namespace(work)
+    listing, message = in_throwaway_home(work)
     assert '"chain": {"family": "ip", "table": "t", "name": "c"' in listing and '"counter"' in listing
     assert message.startswith("home: nft transaction starting 'add rule ip t nope counter'")
     assert "Could not process rule: No such file or directory" in message and "^^^^" in message
@@ -99,4 +71,4 @@ def test_nft_runs_transactions_reports_its_own_errors_and_lists_json() -> None:
 
 def test_sysctl_errors_name_the_key() -> None:
     with pytest.raises(NetlinkError, match=r"write sysctl.*net/ipv4/nonexistent=1"):
-        in_own_namespace(lambda home: home.write_sysctls({"net.ipv4.nonexistent": "1"}))
+        in_throwaway_home(lambda home: home.write_sysctls({"net.ipv4.nonexistent": "1"}))

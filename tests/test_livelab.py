@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import alive, processes_in
+
 TOPOS = Path(__file__).parent / "topos"
 
 
@@ -47,32 +49,8 @@ def live(tmp_path: Path) -> Iterator[LiveLab]:
     for info in ll.state.glob("*.json"):
         pid = json.loads(info.read_text())["pid"]
         ll.run("down", "--name", info.stem)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _holders(inodes: set[int]) -> list[int]:
-    """Pids of every process sitting in one of these network namespaces or holding one open."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            refs = [os.readlink(task / "ns" / "net") for task in (proc / "task").iterdir()]
-            refs += [os.readlink(fd) for fd in (proc / "fd").iterdir()]
-        except OSError:
-            continue
-        if any(ref.startswith("net:[") and int(ref[5:-1]) in inodes for ref in refs):
-            found.append(int(proc.name))
-    return found
 
 
 def _daemons_named(name: str) -> list[int]:
@@ -100,7 +78,7 @@ def _processes_with(pattern: bytes) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if pattern in (proc / "cmdline").read_bytes() and _alive(int(proc.name)):
+            if pattern in (proc / "cmdline").read_bytes() and alive(int(proc.name)):
                 pids.append(int(proc.name))
         except (OSError, ValueError):
             continue
@@ -155,8 +133,8 @@ def test_up_exec_shell_down(live: LiveLab) -> None:
 
     down = live.run("down", "--name", live.name)
     assert down.returncode == 0 and f"lab '{live.name}' is down" in down.stdout
-    assert not _alive(info["pid"])
-    assert _holders(inodes) == []  # no namespace of the lab is left
+    assert not alive(info["pid"])
+    assert processes_in(inodes) == []  # no namespace of the lab is left
     assert _wait_gone(b"sleep\x00876.5")
     assert list(live.state.iterdir()) == []  # no socket, lock, info or log file
     again = live.run("exec", "--name", live.name, "laptop", "--", "true")
@@ -209,7 +187,7 @@ def test_one_lab_per_name_and_dead_daemons_are_cleaned(live: LiveLab) -> None:
     pid = live.info()["pid"]
     os.kill(pid, signal.SIGKILL)  # the lab dies with its daemon; its files stay behind
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (live.state / f"{live.name}.sock").exists()
     assert live.run("ls").stdout.strip() == "no lab is up"  # found dead, cleaned

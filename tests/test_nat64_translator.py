@@ -54,7 +54,7 @@ from patchbay_core.nat64 import (  # noqa: E402
 )
 from patchbay_core.netops import Addr, LinkSet, Route, VethPair  # noqa: E402
 from patchbay_core.ping import ping  # noqa: E402
-from tests.helpers import netns_inodes_of_process  # noqa: E402
+from tests.helpers import in_throwaway_home, netns_inodes_of_process  # noqa: E402
 
 POOL = IPv4Address("198.18.0.11")
 SERVER = IPv4Address("198.18.2.5")
@@ -935,30 +935,6 @@ def nat64_router(mtu4: int = 1500) -> Iterator[tuple[NetNs, NetNs, NetNs, Nat64T
             ns.close()
 
 
-def in_throwaway_home(fn: Callable[[], T]) -> T:
-    """Run fn on a thread whose home is a fresh namespace: nothing touches the host's."""
-    out: list[T] = []
-    err: list[BaseException] = []
-
-    def main() -> None:
-        home = NetNs.create("home", {}, stay=True)
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            err.append(exc)
-        finally:
-            home.close()
-            native.close_home_netns_fd()
-
-    thread = threading.Thread(target=main)
-    thread.start()
-    thread.join(120)
-    assert not thread.is_alive(), "the live test hung"
-    if err:
-        raise err[0]
-    return out[0]
-
-
 def test_live_udp_tcp_ping_and_icmp_errors_through_the_tun() -> None:
     """The documented wiring, end to end. mtu4=1400 stands for a narrower IPv4 path beyond the
     router: the client's 1500-byte TCP segments meet the translator's own Packet Too Big, and
@@ -1034,7 +1010,7 @@ def test_live_udp_tcp_ping_and_icmp_errors_through_the_tun() -> None:
             s.shutdown(socket.SHUT_WR)
             return s.recv(64)
 
-    def scenario() -> dict[str, Any]:
+    def scenario(_home: NetNs) -> dict[str, Any]:
         with nat64_router(mtu4=1400) as (client, _router, server, translator):
             assert translator.thread_id is not None
             wait = start_in(server, udp_echo_server)
@@ -1057,7 +1033,7 @@ def test_live_udp_tcp_ping_and_icmp_errors_through_the_tun() -> None:
                     "bindings": translator.bindings()}
 
     held_before = netns_inodes_of_process()
-    r = in_throwaway_home(scenario)
+    r = in_throwaway_home(scenario, timeout=120)
     # Everything went with the lab: no namespace held, no translator thread left.
     assert netns_inodes_of_process() == held_before
     assert "pb-nat64" not in {Path(f"/proc/self/task/{t}/comm").read_text().strip()

@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.sims.helpers import REPO, alive, processes_in, sim_text, write
+from tests.helpers import alive, processes_in
+from tests.sims.helpers import REPO, sim_text, write
 
 WAIT = '[[step]]\naction = "wait"\nduration = "10ms"\n'
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,10 @@ import anyio
 import pytest
 
 from patchbay_core.sim.runner import NoSims, RunOptions, run_paths, sim_files
-from tests.sims.helpers import BOOK, HERE, REPO, run, sim_text, write
+from tests.sims.helpers import BOOK, EMIT, HERE, REPO, run, sim_text, write
 
 pytestmark = pytest.mark.anyio
 
-EMIT = f'"{sys.executable}", "{HERE / "progs" / "emit.py"}"'
 IPERF_JSON = '{"start": {}, "end": {"sum_received": {"bytes": 1234567890, "seconds": 10.05}}}'
 
 

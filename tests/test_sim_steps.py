@@ -7,18 +7,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from tests.sims.helpers import HERE, run, sim_text
+from tests.sims.helpers import EMIT, run, sim_text
 
 pytestmark = pytest.mark.anyio
-
-EMIT = f'"{sys.executable}", "{HERE / "progs" / "emit.py"}"'
 
 
 def sim_json(result_dir: Path, name: str = "t") -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -13,6 +13,8 @@ from patchbay_core.sim.runner import RunOptions, RunResult, run_paths
 HERE = Path(__file__).parent
 BOOK = HERE / "book"
 REPO = HERE.parent.parent
+# A step command (TOML array items) that prints what it is told: see progs/emit.py.
+EMIT = f'"{sys.executable}", "{HERE / "progs" / "emit.py"}"'
 
 TWO_HOSTS = """
 [[router]]
@@ -55,28 +57,3 @@ async def run(root: Path, text: str, name: str = "sim.toml", jobs: int = 1, filt
 
 def sim_text(steps: str, topology: str = TWO_HOSTS, name: str = "t") -> str:
     return f'[sim]\nname = "{name}"\n' + textwrap.dedent(topology) + "\n" + textwrap.dedent(steps)
-
-
-def alive(pid: int) -> bool:
-    """Whether the process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def processes_in(inodes: set[int]) -> list[int]:
-    """Pids of every process with a task in one of these network namespaces, or holding one open."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            refs = [os.readlink(task / "ns" / "net") for task in (proc / "task").iterdir()]
-            refs += [os.readlink(fd) for fd in (proc / "fd").iterdir()]
-        except OSError:
-            continue
-        if any(ref.startswith("net:[") and int(ref[5:-1]) in inodes for ref in refs):
-            found.append(int(proc.name))
-    return found

@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=enum.Enum)
+C = TypeVar("C")
 KeyPath = tuple[str | int, ...]  # a key path: ("router", 0, "nat"), ("device", "client", "eth0")
 
 TOP_KEYS = ("router", "device", "region")
@@ -225,12 +226,8 @@ def parse_topology(
         try:
             doc: Mapping[str, Any] = tomllib.loads(data)
         except tomllib.TOMLDecodeError as exc:
-            where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-            reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "syntax error"
-            if where:
-                reason += f" (column {where.group(2)})"
-            raise TopologyError(f"not valid TOML: {reason}", file=file or "<topology>",
-                                line=int(where.group(1)) if where else None) from None
+            message, line = _toml_error(exc)
+            raise TopologyError(message, file=file or "<topology>", line=line) from None
     elif isinstance(data, Mapping):
         doc = data
     else:
@@ -377,6 +374,15 @@ def _reraised_at(origin: Origin, node: str, keys: Mapping[str, Origin] | None = 
 
 
 # ---- parsing --------------------------------------------------------------------------------
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> tuple[str, int | None]:
+    """tomllib's complaint as our message ("not valid TOML: ... (column C)") and its line."""
+    where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+    reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "syntax error"
+    if where:
+        reason += f" (column {where.group(2)})"
+    return f"not valid TOML: {reason}", int(where.group(1)) if where else None
 
 
 def _render(path: KeyPath) -> str:
@@ -572,6 +578,15 @@ class _Parser:
             return lookup_preset(kind, value)
         except TopologyError as exc:
             self.wrapped(path, exc)
+
+    def preset_base(self, spec: Mapping[str, Any], path: KeyPath, kind: str, what: str, cls: type[C]) -> C:
+        """What a `nat`/`firewall` table starts from: the preset its `preset` key names, else cls()."""
+        if "preset" not in spec:
+            return cls()
+        name = self.string(spec["preset"], (*path, "preset"), f"the {what} preset to start from")
+        base = self.preset(kind, name, (*path, "preset"))
+        assert isinstance(base, cls)
+        return base
 
     def reference(self, value: object, path: KeyPath, kind: str, groups: Mapping[str, _Group],
                   me: _Group, index: int | None, my_kind: str) -> str:
@@ -796,12 +811,7 @@ class _Parser:
             return value
         spec = self.table(value, path, "a NAT preset name such as \"home\", or a table of NatConfig fields")
         self.keys(spec, path, NAT_KEYS, "a nat table")
-        config = NatConfig()
-        if "preset" in spec:
-            pname = self.string(spec["preset"], (*path, "preset"), "the NAT preset to start from")
-            base = self.preset("nat", pname, (*path, "preset"))
-            assert isinstance(base, NatConfig)
-            config = base
+        config = self.preset_base(spec, path, "nat", "NAT", NatConfig)
         changes: dict[str, Any] = {}
         for key, raw in spec.items():
             kpath = (*path, key)
@@ -827,12 +837,7 @@ class _Parser:
         spec = self.table(value, path, "a firewall preset name such as \"block-inbound\", or a table with "
                                        "block_inbound, allow_tcp_ports, allow_udp_ports")
         self.keys(spec, path, FIREWALL_KEYS, "a firewall table")
-        config = FirewallConfig()
-        if "preset" in spec:
-            pname = self.string(spec["preset"], (*path, "preset"), "the firewall preset to start from")
-            base = self.preset("firewall", pname, (*path, "preset"))
-            assert isinstance(base, FirewallConfig)
-            config = base
+        config = self.preset_base(spec, path, "firewall", "firewall", FirewallConfig)
         changes: dict[str, Any] = {}
         if "block_inbound" in spec:
             changes["block_inbound"] = self.boolean(spec["block_inbound"], (*path, "block_inbound"), "block_inbound")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .interpolate import rewrite_counted, split_capture_key, substitute_prefixed
+# One spelling of the "did you mean" hints for topology and sim files.
+from ..topofile import _did_you_mean as did_you_mean
+from .interpolate import rewrite_counted, scalar_text, split_capture_key, substitute_prefixed
 from .model import Check, Step, Where
 from .source import KeyPath, SourceFile
 
@@ -64,19 +65,6 @@ class Definition:
     loc: Loc
     table: dict[str, Any] | None = None  # a template's fields (without name)
     steps: list[tuple[dict[str, Any], Loc]] = field(default_factory=list)  # a group's steps
-
-
-def did_you_mean(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=2, cutoff=0.6)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-
-
-def _scalar_text(value: object) -> str | None:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    return None
 
 
 def _is_false(value: object) -> bool:
@@ -156,7 +144,7 @@ def _group_call(call: dict[str, Any], loc: Loc, group: Definition, templates: Ma
         raise loc.at("vars").error("expected a table: vars = { device = \"relay\" }")
     values: dict[str, str] = {}
     for key, value in raw_vars.items():
-        text = _scalar_text(value)
+        text = scalar_text(value)
         if text is None:
             raise loc.at("vars", key).error(f"group variable {key!r} must be a string, got a table or array")
         values[key] = text

@@ -49,6 +49,16 @@ def prefixed_keys(text: str, prefix: str) -> list[str]:
     return re.findall(r"\$\{" + re.escape(prefix) + r"\.([^{}]*)\}", text)
 
 
+def scalar_text(value: object) -> str | None:
+    """A TOML scalar as the text it substitutes (booleans spelled as in TOML); None for a
+    table or an array."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return None
+
+
 # ---- run-time references --------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .interpolate import prefixed_keys, substitute_prefixed
+from .interpolate import prefixed_keys, scalar_text, substitute_prefixed
 from .model import Where
 
 KeyPath = tuple[str | int, ...]
@@ -30,14 +30,6 @@ At = Callable[[KeyPath], Where]
 class Variant:
     values: dict[str, str]  # every ${matrix.*} key of this variant
     axes: dict[str, str]  # the axis values alone, in axis order
-
-
-def _scalar(value: object) -> str | None:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    return None
 
 
 def variants(matrix: object, at: At) -> list[Variant]:
@@ -56,7 +48,7 @@ def variants(matrix: object, at: At) -> list[Variant]:
                                  f"{axis} = [\"a\", \"b\"]")
         texts = []
         for i, v in enumerate(values):
-            text = _scalar(v)
+            text = scalar_text(v)
             if text is None:
                 raise at((*path, i)).error(f"matrix axis {axis!r}: values are strings, got a table or array")
             texts.append(text)
@@ -103,7 +95,7 @@ def _params(raw: object, axes: Mapping[str, list[str]], at: At) -> dict[str, dic
             for key, v in entries.items():
                 if key in axes:
                     raise at((*vpath, key)).error(f"param {key!r} has the name of a matrix axis; rename it")
-                text = _scalar(v)
+                text = scalar_text(v)
                 if text is None:
                     raise at((*vpath, key)).error(f"param {key!r}: values are strings, got a table or array")
                 flat[key] = text

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The topology loader's scanner of key lines; the sim runner shares it so that both report
-# lines the same way.
-from ..topofile import _KeyLines
+# The topology loader's scanner of key lines, its spelling of key paths (("step", 3, "captures",
+# "size") -> step[3].captures.size) and of TOML syntax errors; the sim runner shares them so that
+# both report lines, keys and syntax errors the same way.
+from ..topofile import KeyPath, _KeyLines, _render, _toml_error
 from .model import Where, sim_error
-
-KeyPath = tuple[str | int, ...]
-
-
-def render(path: KeyPath) -> str:
-    """("step", 3, "captures", "size") -> step[3].captures.size"""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else '"' + part.replace('"', '\\"') + '"'
-            out += ("." if out else "") + text
-    return out
 
 
 @dataclass(eq=False)
@@ -39,7 +25,7 @@ class SourceFile:
     lines: _KeyLines
 
     def at(self, path: KeyPath, step: str | None = None) -> Where:
-        return Where(self.name, self.lines.line_of(path), render(path), step)
+        return Where(self.name, self.lines.line_of(path), _render(path), step)
 
 
 def display_name(path: Path) -> str:
@@ -56,11 +42,8 @@ def parse_source(text: str, path: Path, name: str | None = None) -> SourceFile:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "syntax error"
-        if where:
-            reason += f" (column {where.group(2)})"
-        raise sim_error(f"not valid TOML: {reason}", file=name, line=int(where.group(1)) if where else None) from None
+        message, line = _toml_error(exc)
+        raise sim_error(message, file=name, line=line) from None
     return SourceFile(path, name, text, doc, _KeyLines(text))
 
 

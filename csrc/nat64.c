@@ -1358,6 +1358,24 @@ untranslatable:
 	return -1;
 }
 
+/* The virtio header of a packet just translated, whose new IP header is iphdr bytes (20: IPv4,
+ * 40: IPv6): a checksum left to finish starts past it, a super-packet's headers are that much
+ * longer or shorter, and a TCP one is now of the new family. */
+static inline void translated_vnet(struct pb_nat64 *e, struct virtio_net_hdr *vh, uint32_t iphdr, uint32_t l4hdr,
+				   int partial, int gso)
+{
+	if (partial)
+		vh->csum_start = (uint16_t)iphdr;
+	if (!gso)
+		return;
+	uint8_t g = vh->gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
+	if (g == VIRTIO_NET_HDR_GSO_TCPV4 || g == VIRTIO_NET_HDR_GSO_TCPV6)
+		vh->gso_type = (uint8_t)((iphdr == 20 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_TCPV6) |
+					 (vh->gso_type & VIRTIO_NET_HDR_GSO_ECN));
+	vh->hdr_len = (uint16_t)(iphdr + l4hdr);
+	e->counters[C_GSO]++;
+}
+
 /* ---- IPv6 -> IPv4 ---------------------------------------------------------------------- */
 
 static int xlate6(struct pb_nat64 *e, struct pkt *p, uint64_t now, struct sink *s, int *reason)
@@ -1544,23 +1562,14 @@ static int xlate6(struct pb_nat64 *e, struct pkt *p, uint64_t now, struct sink *
 			put_csum(t + coff, c);
 		}
 	}
-	struct virtio_net_hdr vh = p->vh;
-	if (partial)
-		vh.csum_start = 20;
-	if (gso) {
-		if (proto == 6)
-			vh.gso_type = (uint8_t)(VIRTIO_NET_HDR_GSO_TCPV4 | (p->vh.gso_type & VIRTIO_NET_HDR_GSO_ECN));
-		vh.hdr_len = (uint16_t)(20 + l4hdr);
-		e->counters[C_GSO]++;
-	}
+	translated_vnet(e, &p->vh, 20, l4hdr, partial, gso);
 	e->counters[C_V6_TO_V4]++;
 	p->data = h;
 	p->len = tot;
-	p->vh = vh;
 	if (gso)
-		emit_v4_gso(e, s, h, tot, &vh, l4hdr);
+		emit_v4_gso(e, s, h, tot, &p->vh, l4hdr);
 	else
-		emit_pkt(s, h, tot, &vh, proto == 17);
+		emit_pkt(s, h, tot, &p->vh, proto == 17);
 	return 0;
 }
 
@@ -1759,23 +1768,14 @@ static int xlate4(struct pb_nat64 *e, struct pkt *p, uint64_t now, struct sink *
 			put_csum(t + coff, c);
 		}
 	}
-	struct virtio_net_hdr vh = p->vh;
-	if (partial)
-		vh.csum_start = 40;
-	if (gso) {
-		if (proto == 6)
-			vh.gso_type = (uint8_t)(VIRTIO_NET_HDR_GSO_TCPV6 | (p->vh.gso_type & VIRTIO_NET_HDR_GSO_ECN));
-		vh.hdr_len = (uint16_t)(40 + l4hdr);
-		e->counters[C_GSO]++;
-	}
+	translated_vnet(e, &p->vh, 40, l4hdr, partial, gso);
 	e->counters[C_V4_TO_V6]++;
 	p->data = h;
 	p->len = len6;
-	p->vh = vh;
 	if (fragment)
 		emit_fragments(e, s, p, v4id);
 	else
-		emit_pkt(s, h, len6, &vh, proto == 17);
+		emit_pkt(s, h, len6, &p->vh, proto == 17);
 	return 0;
 }
 

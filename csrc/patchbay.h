@@ -59,11 +59,13 @@ int pb_batch_bridge(struct pb_batch *b, const char *name, int ifindex, int mtu, 
  * kind's TCA_OPTIONS payload as the kernel expects it (may be NULL). */
 int pb_batch_qdisc(struct pb_batch *b, int add, int replace, int ifindex, unsigned int handle,
                    unsigned int parent, const char *kind, const uint8_t *opts, size_t opts_len);
-/* A u32 filter at `parent` (e.g. clsact egress 0xFFFFFFF3) of priority `prio` redirecting to
- * `target_ifindex`'s egress: every packet, or (ipv4_dst, 4 bytes) IPv4 packets to that address.
- * add=0 deletes the filters of that priority. */
+/* A filter at `parent` (e.g. clsact egress 0xFFFFFFF3) of priority `prio` redirecting to
+ * `target_ifindex`'s egress: every packet, or (dst of dst_len 4 or 16 bytes) the IPv4 or IPv6
+ * packets to that address; never a packet carrying PB_WIRE_MARK (what a wire sends back
+ * out). add=0 deletes the filters of that priority. */
+#define PB_WIRE_MARK 0x70627769
 int pb_batch_redirect(struct pb_batch *b, int add, int ifindex, unsigned int parent, int prio,
-                      const uint8_t *ipv4_dst, int target_ifindex);
+                      const uint8_t *dst, int dst_len, int target_ifindex);
 /* up/down: 1 up, 0 down, -1 unchanged; mtu 0 unchanged; master -1 unchanged, 0 release. */
 int pb_batch_link_set(struct pb_batch *b, int ifindex, int up, int mtu, int master);
 int pb_batch_link_del(struct pb_batch *b, int ifindex);

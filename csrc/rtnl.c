@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <libmnl/libmnl.h>
 #include <linux/if.h>
+#include <linux/filter.h>
 #include <linux/if_ether.h>
 #include <linux/if_link.h>
 #include <linux/neighbour.h>
@@ -239,11 +240,47 @@ int pb_batch_qdisc(struct pb_batch *b, int add, int replace, int ifindex, unsign
 	return msg_end(b, nlh);
 }
 
-int pb_batch_redirect(struct pb_batch *b, int add, int ifindex, unsigned int parent, int prio,
-		      const uint8_t *ipv4_dst, int target_ifindex)
+/* The redirect's match, as a classic BPF program for cls_bpf (no bpf(2) call, so it also works
+ * in an unprivileged user namespace): packets with the wire's mark never match (the wire sends
+ * them back out of the same interface through the normal path, where packet captures see
+ * them); the others match when `dst` (an IPv4 or IPv6 destination, from the Ethernet header
+ * on) is theirs, or always. Returns the number of instructions. */
+static int redirect_program(struct sock_filter *f, const uint8_t *dst, int dst_len)
 {
-	/* u32 on the network header: all packets, or IPv4 packets to one address. */
-	uint16_t proto = ipv4_dst ? ETH_P_IP : ETH_P_ALL;
+	int n = 0;
+	int words = dst_len / 4;
+	/* The "no match" return is the last instruction: jumps to it count from their own slot. */
+	int last = 2 + (dst_len ? 2 + 2 * words : 0) + 1;
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_AD_OFF + SKF_AD_MARK));
+	f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PB_WIRE_MARK, 0, 0);
+	f[n].jt = (uint8_t)(last - n - 1);
+	n++;
+	if (dst_len) {
+		f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 12); /* EtherType */
+		f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, dst_len == 4 ? ETH_P_IP : ETH_P_IPV6, 0, 0);
+		f[n].jf = (uint8_t)(last - n - 1);
+		n++;
+		uint32_t off = dst_len == 4 ? 14 + 16 : 14 + 24; /* the destination address */
+		for (int i = 0; i < words; i++) {
+			uint32_t word;
+			memcpy(&word, dst + 4 * i, 4);
+			f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, off + 4 * (uint32_t)i);
+			f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ntohl(word), 0, 0);
+			f[n].jf = (uint8_t)(last - n - 1);
+			n++;
+		}
+	}
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, 0xffffffff); /* match: run the action */
+	f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, 0);	   /* no match */
+	return n;
+}
+
+int pb_batch_redirect(struct pb_batch *b, int add, int ifindex, unsigned int parent, int prio,
+		      const uint8_t *dst, int dst_len, int target_ifindex)
+{
+	if (dst_len != 0 && dst_len != 4 && dst_len != 16)
+		return -EINVAL;
+	uint16_t proto = ETH_P_ALL;
 	struct nlmsghdr *nlh = msg_start(b, add ? RTM_NEWTFILTER : RTM_DELTFILTER,
 					 add ? NLM_F_CREATE | NLM_F_EXCL : 0);
 	if (!nlh)
@@ -255,21 +292,13 @@ int pb_batch_redirect(struct pb_batch *b, int add, int ifindex, unsigned int par
 	tcm->tcm_info = TC_H_MAKE((uint32_t)prio << 16, htons(proto));
 	if (!add)
 		return msg_end(b, nlh);
-	mnl_attr_put_strz(nlh, TCA_KIND, "u32");
+	mnl_attr_put_strz(nlh, TCA_KIND, "bpf");
 	struct nlattr *opts = mnl_attr_nest_start(nlh, TCA_OPTIONS);
-	struct {
-		struct tc_u32_sel sel;
-		struct tc_u32_key key;
-	} sel = {0};
-	sel.sel.flags = TC_U32_TERMINAL;
-	sel.sel.nkeys = 1;
-	if (ipv4_dst) {
-		sel.key.mask = 0xffffffff;
-		memcpy(&sel.key.val, ipv4_dst, 4);
-		sel.key.off = 16; /* destination address in the IPv4 header */
-	}
-	mnl_attr_put(nlh, TCA_U32_SEL, sizeof(sel), &sel);
-	struct nlattr *acts = mnl_attr_nest_start(nlh, TCA_U32_ACT);
+	struct sock_filter prog[16];
+	int len = redirect_program(prog, dst, dst_len);
+	mnl_attr_put_u16(nlh, TCA_BPF_OPS_LEN, (uint16_t)len);
+	mnl_attr_put(nlh, TCA_BPF_OPS, (size_t)len * sizeof(prog[0]), prog);
+	struct nlattr *acts = mnl_attr_nest_start(nlh, TCA_BPF_ACT);
 	struct nlattr *act = mnl_attr_nest_start(nlh, 1);
 	mnl_attr_put_strz(nlh, TCA_ACT_KIND, "mirred");
 	struct nlattr *aopts = mnl_attr_nest_start(nlh, TCA_ACT_OPTIONS);

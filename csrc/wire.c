@@ -8,8 +8,10 @@
  *   picked for reordering, which skips the delay (not the bottleneck): it leaves ahead of the
  *   delayed ones. Different flows are independent (jitter may let one flow's packet pass
  *   another flow's).
- * At its departure time the frame goes out of the link with an AF_PACKET socket that bypasses
- * the qdisc layer (PACKET_QDISC_BYPASS), so it does not meet the redirecting filter again.
+ * At its departure time the frame goes out of the link with an AF_PACKET socket whose packets
+ * carry PB_WIRE_MARK: the redirecting filter lets them pass, and they take the interface's
+ * normal transmit path, where packet captures (and everything else watching) see them as
+ * they leave, impaired.
  *
  * Every random decision comes from the wire's own generator, keyed per flow (addresses, ports,
  * protocol) and per packet of that flow: with a fixed seed, a flow sees the same decisions on
@@ -824,7 +826,8 @@ static int open_injector_here(int ifindex)
 		return -errno;
 	int one = 1, sndbuf = 4 << 20;
 	struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_ifindex = ifindex};
-	if (setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)) ||
+	int mark = PB_WIRE_MARK;
+	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) ||
 	    setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) ||
 	    bind(fd, (struct sockaddr *)&sll, sizeof(sll))) {
 		int e = -errno;

@@ -1133,13 +1133,10 @@ class Lab:
             iface.down_prio = router.next_prio
             router.next_prio += 1
         down = link_shaping.stack(iface.down, router.downlink) if iface.down is not None else None
-        if down is not None and iface.ip is None:
-            # The per-device download filter matches its IPv4 address; without one it would
-            # catch the whole LAN.
-            raise TopologyError(f"download conditions need an IPv4 address; {iface.name} has none",
-                                node=device.name, field="direction")
+        # What the router sends to the device: packets to its addresses, IPv4 and IPv6.
+        dsts = tuple(a for a in (iface.ip, iface.ip6) if a is not None)
         self._shaper.set(("down", device.name, iface.name), _ns(router), router.lan.ifindex, netplan.LAN_IFACE,
-                         iface.down_prio, iface.ip, down, router.lan.mtu)
+                         iface.down_prio, dsts, down, router.lan.mtu)
 
     def _unshape(self, device: DeviceState, iface: DeviceIfaceState) -> None:
         """Kernel thread: take away both wires of a device interface (before its link goes)."""
@@ -1156,9 +1153,6 @@ class Lab:
             raise TopologyError(f"no interface {iface_name!r} (has: {', '.join(device.ifaces) or 'none'})",
                                 node=device.name, field="iface")
         limits = link_shaping.limits_of(condition, device.name, f"link_condition({iface_name!r})")  # type: ignore[arg-type]
-        if direction in ("down", "both") and limits is not None and iface.ip is None:
-            raise TopologyError(f"download conditions need an IPv4 address; {iface_name} has none (set the "
-                                "router's downlink_condition instead)", node=device.name, field="direction")
         old = (iface.up, iface.down)
         if direction in ("up", "both"):
             iface.up = limits

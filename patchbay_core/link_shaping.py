@@ -30,9 +30,9 @@ import os
 import secrets
 import warnings
 from dataclasses import dataclass, fields
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
-from . import netem
+from . import netem, netplan
 from .errors import KernelFeatureMissing, PatchbayError, TopologyError
 from .kernel.namespace import NetNs
 from .kernel.wire import Wire, WireParams, WireStats, dump_qdiscs, send_tc
@@ -185,6 +185,16 @@ def netem_available() -> bool:
     return netem_support().usable
 
 
+IPAddress = IPv4Address | IPv6Address
+Destinations = tuple[IPAddress, ...]  # empty: every packet
+
+
+def destinations(dst: IPAddress | Destinations | None) -> Destinations:
+    if dst is None:
+        return ()
+    return tuple(dst) if isinstance(dst, tuple) else (dst,)
+
+
 @dataclass
 class Attachment:
     wire: Wire
@@ -192,7 +202,7 @@ class Attachment:
     ifindex: int
     label: str
     prio: int
-    ipv4_dst: IPv4Address | None
+    dsts: Destinations
 
 
 @dataclass
@@ -201,7 +211,7 @@ class NetemAttachment:
     ifindex: int
     label: str
     prio: int
-    ipv4_dst: IPv4Address | None
+    dsts: Destinations
     ifb: netem.IfbLink | None  # None: netem is the interface's root
 
     @property
@@ -244,19 +254,22 @@ class LinkShaper:
         return int.from_bytes(digest[:8], "little")
 
     def set(self, key: tuple[str, ...], ns: NetNs, ifindex: int, label: str, prio: int,
-            ipv4_dst: IPv4Address | None, limits: LinkLimits | None, mtu: int = 0) -> None:
-        """Make the traffic at this attachment point meet `limits` (None: untouched)."""
+            dst: IPAddress | Destinations | None, limits: LinkLimits | None, mtu: int = 0) -> None:
+        """Make the traffic at this attachment point meet `limits` (None: untouched). `dst`:
+        the destination address(es) whose packets this is (a device's IPv4 and IPv6 on its
+        router's LAN), or None for every packet."""
+        dsts = destinations(dst)
         att = self._attachments.get(key)
         if limits is None:
             if att is not None:
                 self._detach(key, att)
             return
-        if att is not None and att.ipv4_dst != ipv4_dst:
-            self._detach(key, att)  # the address it matches changed
+        if att is not None and att.dsts != dsts:
+            self._detach(key, att)  # the addresses it matches changed
             att = None
         if self.backend == "netem":
             assert att is None or isinstance(att, NetemAttachment)
-            self._set_netem(key, att, ns, ifindex, label, prio, ipv4_dst, limits)
+            self._set_netem(key, att, ns, ifindex, label, prio, dsts, limits)
             return
         if isinstance(att, Attachment):
             att.wire.set(wire_params(limits))
@@ -266,11 +279,11 @@ class LinkShaper:
         wire = Wire(ns.fd, f"pbw{self._taps}", ifindex, mtu, self._wire_seed(key), ns.node)
         try:
             wire.set(wire_params(limits))
-            ns.apply([Redirect(ifindex, label, prio, wire.tap_ifindex, ipv4_dst)])
+            ns.apply(netplan.redirect_ops(ifindex, label, prio, wire.tap_ifindex, dsts))
         except BaseException:
             wire.close()
             raise
-        self._attachments[key] = Attachment(wire, ns, ifindex, label, prio, ipv4_dst)
+        self._attachments[key] = Attachment(wire, ns, ifindex, label, prio, dsts)
 
     def _ensure_clsact(self, ns: NetNs, ifindex: int, label: str) -> None:
         if (ns.inode, ifindex) not in self._clsact:
@@ -283,7 +296,7 @@ class LinkShaper:
         return netem.encode(netem.options_for(limits, seed), netem.psched())
 
     def _set_netem(self, key: tuple[str, ...], att: NetemAttachment | None, ns: NetNs, ifindex: int, label: str,
-                   prio: int, ipv4_dst: IPv4Address | None, limits: LinkLimits) -> None:
+                   prio: int, dsts: Destinations, limits: LinkLimits) -> None:
         options = self._netem_options(key, limits)
         if att is not None:
             # A change in place: netem keeps what it holds (connections keep flowing).
@@ -292,7 +305,7 @@ class LinkShaper:
             return
         if key[0] not in SHARED_KINDS:
             send_tc(ns.rtnl_fd, netem.root_ops(ifindex, label, options), ns.node)
-            self._attachments[key] = NetemAttachment(ns, ifindex, label, prio, ipv4_dst, None)
+            self._attachments[key] = NetemAttachment(ns, ifindex, label, prio, dsts, None)
             return
         self._ifbs += 1
         ifb = netem.IfbLink(f"pbn{self._ifbs}", IFB_IFINDEX_BASE + self._ifbs)
@@ -305,13 +318,13 @@ class LinkShaper:
             raise
         with_clsact = (ns.inode, ifindex) not in self._clsact
         try:
-            send_tc(ns.rtnl_fd, netem.shared_redirect(ifindex, label, prio, ifb, ipv4_dst, with_clsact), ns.node)
+            send_tc(ns.rtnl_fd, netem.shared_redirect(ifindex, label, prio, ifb, dsts, with_clsact), ns.node)
         except BaseException:
             with contextlib.suppress(PatchbayError):
                 ns.apply([LinkDel(ifb.ifindex, ifb.name)])
             raise
         self._clsact.add((ns.inode, ifindex))
-        self._attachments[key] = NetemAttachment(ns, ifindex, label, prio, ipv4_dst, ifb)
+        self._attachments[key] = NetemAttachment(ns, ifindex, label, prio, dsts, ifb)
 
     def _detach(self, key: tuple[str, ...], att: Attachment | NetemAttachment) -> None:
         del self._attachments[key]
@@ -321,12 +334,12 @@ class LinkShaper:
                 if att.ifb is None:
                     send_tc(att.ns.rtnl_fd, netem.root_removal(att.ifindex, att.label), att.ns.node)
                 else:
-                    send_tc(att.ns.rtnl_fd, netem.shared_removal(att.ifindex, att.label, att.prio, att.ifb,
-                                                                 att.ipv4_dst), att.ns.node)
+                    send_tc(att.ns.rtnl_fd, netem.shared_removal(att.ifindex, att.label, att.prio, att.ifb),
+                            att.ns.node)
             return
         try:
             if not att.ns.closed:
-                att.ns.apply([Redirect(att.ifindex, att.label, att.prio, ipv4_dst=att.ipv4_dst, add=False)])
+                att.ns.apply([Redirect(att.ifindex, att.label, att.prio, add=False)])  # every filter of it
         finally:
             att.wire.close()
 

@@ -7,7 +7,7 @@ the wire's, see `link_shaping`):
 - an attachment that is its interface's only one (a device's upload, a region link): a netem
   qdisc as the interface's root (`tc qdisc replace dev IF root handle 5042: netem ...`);
 - the attachments that share a router's `lan` (each device's download, the router's
-  downlink): the same clsact egress u32 filter the wire uses (IPv4 to the device, or
+  downlink): the same clsact egress filter the wire uses (to the device's addresses, or
   everything at the lowest priority) redirects into an IFB device of their own whose root is
   the netem qdisc; the IFB hands the packets back to `lan`, where the filter's action is
   skipped (the kernel marks re-injected packets), and they leave shaped. One netem per
@@ -28,10 +28,11 @@ import functools
 import math
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from .link import LinkLimits
 from .netops import CLSACT, LinkDel, Qdisc, Redirect
+from .netplan import redirect_ops
 
 UINT32_MAX = 0xFFFFFFFF
 TC_H_ROOT = 0xFFFFFFFF
@@ -218,17 +219,17 @@ def shared_ops(ifb: IfbLink, options: bytes, *, kind: str | None = None) -> list
     return [ifb, netem_qdisc(ifb.ifindex, ifb.name, options, kind)]
 
 
-def shared_redirect(ifindex: int, label: str, prio: int, ifb: IfbLink, ipv4_dst: IPv4Address | None,
+def shared_redirect(ifindex: int, label: str, prio: int, ifb: IfbLink,
+                    dsts: IPv4Address | IPv6Address | tuple[IPv4Address | IPv6Address, ...] | None,
                     with_clsact: bool) -> list[Qdisc | Redirect]:
     """The filter sending the attachment's packets into its IFB (second batch, once the netem
     is in place: nothing is redirected into an unshaped IFB)."""
     ops: list[Qdisc | Redirect] = []
     if with_clsact:
         ops.append(Qdisc(ifindex, label, "clsact", handle=0xFFFF0000, parent=CLSACT))
-    ops.append(Redirect(ifindex, label, prio, ifb.ifindex, ipv4_dst))
+    ops += redirect_ops(ifindex, label, prio, ifb.ifindex, dsts)
     return ops
 
 
-def shared_removal(ifindex: int, label: str, prio: int, ifb: IfbLink,
-                   ipv4_dst: IPv4Address | None) -> list[Redirect | LinkDel]:
-    return [Redirect(ifindex, label, prio, ipv4_dst=ipv4_dst, add=False), LinkDel(ifb.ifindex, ifb.name)]
+def shared_removal(ifindex: int, label: str, prio: int, ifb: IfbLink) -> list[Redirect | LinkDel]:
+    return [Redirect(ifindex, label, prio, add=False), LinkDel(ifb.ifindex, ifb.name)]

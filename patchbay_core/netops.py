@@ -162,8 +162,9 @@ CLSACT_EGRESS = 0xFFFFFFF3
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
-    """A clsact egress filter of priority `prio` on `ifindex` sending packets (all, or IPv4 to
-    `ipv4_dst`) to `target_ifindex`; add=False removes that priority's filters."""
+    """A clsact egress filter of priority `prio` on `ifindex` sending packets (all, or those to
+    `ipv4_dst`, and to `ipv6_dst`) to `target_ifindex`; add=False removes that priority's
+    filters. What a wire sends back out (PB_WIRE_MARK) is never redirected."""
 
     ifindex: int
     label: str
@@ -171,9 +172,10 @@ class Redirect:
     target_ifindex: int = 0
     ipv4_dst: IPv4Address | None = None
     add: bool = True
+    ipv6_dst: IPv6Address | None = None
 
     def describe(self) -> str:
-        what = f"to {self.ipv4_dst}" if self.ipv4_dst else "all"
+        what = " ".join(f"to {a}" for a in (self.ipv4_dst, self.ipv6_dst) if a) or "all"
         return f"{'add' if self.add else 'delete'} redirect ({what}, prio {self.prio}) on {self.label}"
 
 

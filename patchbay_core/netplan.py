@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from .errors import TopologyError
-from .netops import Addr, Bridge, LinkSet, Macvlan, NetOp, NsRef, Route, VethPair
+from .netops import Addr, Bridge, LinkSet, Macvlan, NetOp, NsRef, Redirect, Route, VethPair
 
 IX_CIDR = IPv4Network("198.18.0.0/24")
 IX_GATEWAY = IPv4Address("198.18.0.1")
@@ -417,6 +417,19 @@ class Lan:
             ops += [Addr(self.ifindex, self.iface, ROUTER_LINK_LOCAL, 64, nodad=not self.dad),
                     Addr(self.ifindex, self.iface, self.pool6.gateway, self.pool6.prefixlen, nodad=not self.dad)]
         return ops
+
+
+def redirect_ops(ifindex: int, label: str, prio: int, target: int,
+                 dsts: IPv4Address | IPv6Address | tuple[IPv4Address | IPv6Address, ...] | None) -> list[NetOp]:
+    """Filters sending what leaves `ifindex` into `target` (a wire's TAP, an IFB): one per
+    destination address (a device's IPv4 and IPv6 on its router's LAN), all at `prio`; or one
+    for every packet."""
+    if dsts is not None and not isinstance(dsts, tuple):
+        dsts = (dsts,)
+    if not dsts:
+        return [Redirect(ifindex, label, prio, target)]
+    return [Redirect(ifindex, label, prio, target, ipv4_dst=a if isinstance(a, IPv4Address) else None,
+                     ipv6_dst=a if isinstance(a, IPv6Address) else None) for a in dsts]
 
 
 def pool_route(cidr: IPv4Network | IPv6Network, via: IPv4Address | IPv6Address, *, add: bool = True) -> Route:

@@ -200,3 +200,43 @@ async def test_device_capture_and_capture_all_write_into_the_outdir(tmp_path: Pa
     assert {p["IP"].src for p in wan} == {wan_ip}
     lan = [p for p in rdpcap(str(mine.path)) if UDP in p]
     assert [bytes(p[UDP].payload) for p in lan if p[UDP].dport == PORT] == [b"one", b"two", b"three"]
+
+
+async def test_a_shaped_interface_shows_what_it_sends_after_the_wire(tmp_path: Path) -> None:
+    async with pb.Lab(pb.LabOpts(outdir=pb.OutDir.exact(tmp_path))) as lab:
+        a, b = await two_devices(lab)
+        assert (await a.ping(b.ip)).received == 1  # neighbours known before the wire loses half
+        await a.set_link_condition("eth0", {"latency_ms": 20, "loss_pct": 50})
+        capture = await a.capture("eth0")
+
+        def bind() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((str(b.ip), PORT))
+            return sock
+
+        sock = b.run_sync(bind)
+
+        def arrivals() -> set[bytes]:
+            got = set()
+            sock.settimeout(1.0)
+            with sock:
+                try:
+                    while True:
+                        got.add(sock.recv(100))
+                except TimeoutError:
+                    return got
+
+        arrived = b.spawn_thread(arrivals)
+
+        def burst() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for n in range(200):
+                    s.sendto(b"n%03d" % n, (str(b.ip), PORT))
+                    time.sleep(0.001)
+
+        a.run_sync(burst)
+        received = arrived.result(10)
+        await capture.stop()
+    out = {bytes(p[UDP].payload) for p in rdpcap(str(capture.path)) if UDP in p and p[UDP].dport == PORT}
+    # The capture shows what left the interface: the wire's survivors, which are what arrived.
+    assert out == received and 60 <= len(out) <= 140, len(out)

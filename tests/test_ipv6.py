@@ -277,8 +277,18 @@ async def test_ipv6_only_refusals(lab: pb.Lab) -> None:
         await lab.add_router("nat").ip_support(pb.IpSupport.V6_ONLY).nat(pb.Nat.HOME).build()
     with pytest.raises(pb.TopologyError, match="port forwards need IPv4"):
         await lab.add_router("fwd").ip_support(pb.IpSupport.V6_ONLY).port_forward("udp", 5000, "x").build()
+
+
+async def test_download_conditions_shape_ipv6_too(lab: pb.Lab) -> None:
+    dc = await lab.add_router("dc").preset(pb.RouterPreset.PUBLIC).build()
     v6 = await lab.add_router("v6").ip_support(pb.IpSupport.V6_ONLY).build()
-    dev = await lab.add_device("dev").iface("eth0", v6).build()
-    with pytest.raises(pb.TopologyError, match="download conditions need an IPv4 address"):
-        await dev.set_link_condition("eth0", "wifi", direction="both")
-    assert dev.link_stats("eth0") is None  # nothing half-applied
+    dual = await lab.add_router("dual").preset(pb.RouterPreset.PUBLIC).build()
+    server = await lab.add_device("server").iface("eth0", dc).build()
+    phone = await lab.add_device("phone").iface("eth0", v6).build()
+    laptop = await lab.add_device("laptop").iface("eth0", dual).build()
+    for dev in (phone, laptop):
+        await dev.set_link_condition("eth0", {"latency_ms": 30}, direction="down")
+    for dst in (phone.ip6, laptop.ip6, laptop.ip):  # what the router sends them, either family
+        rtts = (await server.ping(dst, count=3, interval=0.05)).rtts_ms
+        assert len(rtts) == 3 and min(rtts) >= 30, (dst, rtts)
+    assert min((await server.ping(dc.gateway_ip6, count=3, interval=0.05)).rtts_ms) < 10  # others are not

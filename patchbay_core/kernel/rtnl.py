@@ -68,9 +68,13 @@ def _put(batch: object, op: NetOp) -> int:
                 op.kind.encode(), op.options or ffi.NULL, len(op.options),
             )
         case Redirect():
-            dst = op.ipv4_dst.packed if op.ipv4_dst is not None else ffi.NULL
+            addr = op.ipv4_dst if op.ipv4_dst is not None else op.ipv6_dst
+            if op.ipv4_dst is not None and op.ipv6_dst is not None:
+                raise ValueError("a Redirect matches one destination: make one for each address")
+            dst = addr.packed if addr is not None else ffi.NULL
             return lib.pb_batch_redirect(  # type: ignore[no-any-return]
-                batch, int(op.add), op.ifindex, CLSACT_EGRESS, op.prio, dst, op.target_ifindex
+                batch, int(op.add), op.ifindex, CLSACT_EGRESS, op.prio, dst, len(addr.packed) if addr else 0,
+                op.target_ifindex,
             )
     raise TypeError(f"not a netlink op: {op!r}")
 

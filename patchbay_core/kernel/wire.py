@@ -4,10 +4,11 @@ netlink side of the netem backend (batches with IFB links, tc dumps)."""
 from __future__ import annotations
 
 import errno
+import itertools
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from ..errors import KernelFeatureMissing, NetlinkError
 from .native import errbuf, ffi, home_netns_fd, lib, text
@@ -137,7 +138,9 @@ def _missing_feature(op: object, err: int, detail: str, node: str) -> KernelFeat
 RTM_NEWQDISC, RTM_GETQDISC, RTM_NEWTFILTER, RTM_GETTFILTER = 36, 38, 44, 46
 TCA_KIND, TCA_OPTIONS, TCA_STATS2 = 1, 2, 7
 TCA_STATS_BASIC, TCA_STATS_QUEUE = 1, 3
-TCA_U32_SEL, TCA_U32_ACT = 5, 7
+TCA_BPF_ACT, TCA_BPF_OPS = 1, 5
+_SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+_BPF_LD_W_ABS, _BPF_JEQ_K = 0x20, 0x15
 TCA_ACT_KIND, TCA_ACT_OPTIONS, TCA_MIRRED_PARMS = 1, 2, 2
 _NLMSG = struct.Struct("=IHHII")
 _TCMSG = struct.Struct("=BxxxiIII")
@@ -163,8 +166,9 @@ class FilterInfo:
     prio: int
     protocol: int
     kind: str
-    ipv4_dst: IPv4Address | None  # the u32 key on the IPv4 destination, if any
+    ipv4_dst: IPv4Address | None  # the destination it matches, if any
     target_ifindex: int  # where its mirred action redirects (0: none)
+    ipv6_dst: IPv6Address | None = None
 
 
 def _tc_dump(rtnl_fd: int, msg_type: int, ifindex: int, parent: int, node: str) -> bytes:
@@ -230,31 +234,41 @@ def dump_qdiscs(rtnl_fd: int, node: str, ifindex: int = 0) -> list[QdiscInfo]:
     return out
 
 
+def _program_destination(ops: memoryview) -> tuple[IPv4Address | None, IPv6Address | None]:
+    """The destination a redirect's classic BPF program compares (see csrc/rtnl.c): the word
+    it loads from offset 30 (IPv4), or the four from 38 on (IPv6), each followed by a jeq."""
+    program = [_SOCK_FILTER.unpack_from(ops, off) for off in range(0, len(ops), _SOCK_FILTER.size)]
+    compared: dict[int, int] = {}
+    for (code, _jt, _jf, k), (next_code, _njt, _njf, value) in itertools.pairwise(program):
+        if code == _BPF_LD_W_ABS and next_code == _BPF_JEQ_K:
+            compared[k] = value
+    if 30 in compared:
+        return IPv4Address(compared[30]), None
+    if all(off in compared for off in (38, 42, 46, 50)):
+        return None, IPv6Address(b"".join(struct.pack("!I", compared[off]) for off in (38, 42, 46, 50)))
+    return None, None
+
+
 def dump_filters(rtnl_fd: int, ifindex: int, parent: int, node: str) -> list[FilterInfo]:
-    """The u32 filters (with keys) under `parent` of one interface, e.g. clsact egress."""
+    """The redirect filters (cls_bpf, with their destinations) under `parent` of one
+    interface, e.g. clsact egress."""
     out = []
     for body in _messages(_tc_dump(rtnl_fd, RTM_GETTFILTER, ifindex, parent, node), RTM_NEWTFILTER):
         _family, _index, _handle, _parent, info = _TCMSG.unpack_from(body)
         a = _attrs(body[_TCMSG.size :])
         kind = _kind(a)
-        if kind != "u32" or TCA_OPTIONS not in a:
+        if kind != "bpf" or TCA_OPTIONS not in a:
             continue
         opts = _attrs(a[TCA_OPTIONS])
-        if TCA_U32_SEL not in opts:
-            continue  # the hash table node, not a key
-        sel = opts[TCA_U32_SEL]
-        nkeys = sel[2]
-        dst = None
-        for k in range(nkeys):
-            mask, val, off, _offmask = struct.unpack_from("=4sIii", sel, 16 + 16 * k)
-            if off == 16 and mask == b"\xff\xff\xff\xff":
-                dst = IPv4Address(struct.pack("=I", val))
+        if TCA_BPF_OPS not in opts:
+            continue  # the classifier's head, not a program
+        dst, dst6 = _program_destination(opts[TCA_BPF_OPS])
         target = 0
-        for act in _attrs(opts.get(TCA_U32_ACT, memoryview(b""))).values():
+        for act in _attrs(opts.get(TCA_BPF_ACT, memoryview(b""))).values():
             act_attrs = _attrs(act)
             if _cstr(act_attrs.get(TCA_ACT_KIND, b"")) == "mirred":
                 parms = _attrs(act_attrs[TCA_ACT_OPTIONS])[TCA_MIRRED_PARMS]
                 target = struct.unpack_from("=IIiiiiI", parms)[6]  # tc_gen (index..bindcnt), eaction, ifindex
         out.append(FilterInfo(prio=info >> 16, protocol=struct.unpack("!H", struct.pack("=H", info & 0xFFFF))[0],
-                              kind=kind, ipv4_dst=dst, target_ifindex=target))
+                              kind=kind, ipv4_dst=dst, target_ifindex=target, ipv6_dst=dst6))
     return out

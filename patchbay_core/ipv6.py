@@ -28,6 +28,8 @@ ICMPV6_ROUTER_ADVERTISEMENT = 134
 ROUTER_LIFETIME_S = 1800
 ND_OPT_MTU = 5
 RA_TIMEOUT_S = 3.0
+RA_RETRY_S = 0.25  # a first RA can meet a link that is just coming up: send another
+ALL_NODES = IPv6Address("ff02::1")
 READVERTISE_S = 600.0  # radvd's MaxRtrAdvInterval: well within ROUTER_LIFETIME_S
 DAD_TIMEOUT_S = 10.0
 
@@ -51,17 +53,33 @@ def send_router_advertisement(router_ns: NetNs, lan_ifindex: int, to: IPv6Addres
         sock.sendto(router_advertisement(mtu), (str(to), 0, 0, lan_ifindex))
 
 
-def wait_ra_route(ns: NetNs, ifindex: int, timeout: float = RA_TIMEOUT_S) -> RouteInfo:
-    """The default route the device's kernel learnt from an RA on `ifindex`."""
+def ra_route(ns: NetNs, ifindex: int) -> RouteInfo | None:
+    """The default route the device's kernel learnt from an RA on `ifindex`, if any."""
+    for route in ns.routes():
+        if route.family == socket.AF_INET6 and route.dst == "default" and route.oif == ifindex \
+                and route.proto == RTPROT_RA:
+            return route
+    return None
+
+
+def advertise_until_learnt(router_ns: NetNs, lan_ifindex: int, device_ns: NetNs, ifindex: int,
+                           to: IPv6Address, mtu: int = 0, timeout: float = RA_TIMEOUT_S) -> tuple[RouteInfo, int]:
+    """Send RAs to `to` (unicast first, then to all nodes, as routers repeat unsolicited ones)
+    until the device's kernel has the default route; returns it and how many RAs it took."""
     deadline = time.monotonic() + timeout
+    sent = 0
     while True:
-        for route in ns.routes():
-            if (route.family == socket.AF_INET6 and route.dst == "default" and route.oif == ifindex
-                    and route.proto == RTPROT_RA):
-                return route
-        if time.monotonic() > deadline:
-            raise PatchbayError(f"{ns.node}: no default route from the router's advertisement after {timeout:.0f}s")
-        time.sleep(0.001)
+        send_router_advertisement(router_ns, lan_ifindex, to if sent == 0 else ALL_NODES, mtu)
+        sent += 1
+        resend = time.monotonic() + RA_RETRY_S
+        while time.monotonic() < min(resend, deadline):
+            route = ra_route(device_ns, ifindex)
+            if route is not None:
+                return route, sent
+            time.sleep(0.001)
+        if time.monotonic() >= deadline:
+            raise PatchbayError(f"{device_ns.node}: no default route from {sent} router advertisements in "
+                                f"{timeout:.0f}s")
 
 
 def wait_dad(ns: NetNs, timeout: float = DAD_TIMEOUT_S) -> None:

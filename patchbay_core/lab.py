@@ -1338,10 +1338,10 @@ class Lab:
         ns = _ns(device)
         ns.write_sysctls({f"net.ipv6.conf.{iface.name}.accept_ra_defrtr": "1"})
         self._event("rs_sent", device.name, iface=iface.name, to="ff02::2")
-        ipv6.send_router_advertisement(_ns(router), router.lan.ifindex, plug.v6.ll, router.lan.mtu)
+        route, sent = ipv6.advertise_until_learnt(_ns(router), router.lan.ifindex, ns, iface.ifindex, plug.v6.ll,
+                                                  router.lan.mtu)
         self._event("ra_sent", router.name, iface=netplan.LAN_IFACE, to=str(plug.v6.ll), device=device.name,
-                    router_ll=str(netplan.ROUTER_LINK_LOCAL))
-        route = ipv6.wait_ra_route(ns, iface.ifindex)
+                    router_ll=str(netplan.ROUTER_LINK_LOCAL), count=sent)
         self._event("ra_route_installed", device.name, iface=iface.name, via=str(route.via))
 
     # ---- shared helpers --------------------------------------------------------------------

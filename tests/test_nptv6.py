@@ -53,7 +53,7 @@ def test_the_mapping_is_checksum_neutral_reversible_and_prefix_only(case: tuple)
         mapped = nptv6.translate(address, inside, outside)
     except ValueError as exc:
         # RFC 6296: an interface identifier of all 0xFFFF words cannot carry the adjustment.
-        assert "cannot carry" in str(exc) and all(w == 0xFFFF for w in _words(address)[4:])
+        assert "can carry the adjustment" in str(exc) and all(w == 0xFFFF for w in _words(address)[4:])
         return
     assert mapped in outside
     assert _sum(mapped) == _sum(address)  # checksum-neutral: transport checksums stay valid
@@ -154,3 +154,11 @@ async def test_crafted_packets_cross_nptv6_with_valid_checksums_both_ways(lab: p
             valid, packet = checksums_valid(frame)
             assert valid, packet.summary()
             assert IPv6Address(packet.src) == expect_src and IPv6Address(packet.dst) == expect_dst
+
+
+def test_an_all_ones_interface_identifier_cannot_carry_the_adjustment() -> None:
+    # RFC 6296 section 3.5: with a prefix longer than /48 and every IID word 0xFFFF, no word
+    # can take the adjustment; the mapping refuses rather than break checksums.
+    inside, outside = IPv6Network("::/56"), IPv6Network("0:0:0:100::/56")
+    with pytest.raises(ValueError, match="can carry the adjustment"):
+        nptv6.translate(IPv6Address("::ffff:ffff:ffff:ffff"), inside, outside)

@@ -23,7 +23,7 @@ from .kernel.wire import send_tc
 from .link import LinkLimits
 from .link_shaping import NetemSupport
 from .netops import Bridge, LinkSet, Macvlan, Qdisc, VethPair
-from .userns import has_net_admin, in_user_namespace
+from .userns import forbidding_sysctl, has_net_admin, in_user_namespace
 
 CLONE_NEWPID = 0x20000000
 TUNSETIFF = 0x400454CA
@@ -216,6 +216,17 @@ def _tap_check() -> Check:
         os.close(fd)
 
 
+def _rootless() -> Check:
+    """Whether unprivileged users could run labs (after init_userns()): the sysctls that forbid
+    it, read without entering anything."""
+    forbidden = forbidding_sysctl()
+    if forbidden is not None:
+        sysctl, bad, fix = forbidden
+        return Check("user namespaces", False, f"unprivileged users cannot run labs: {sysctl} = {bad}. Fix: {fix}",
+                     False)
+    return Check("user namespaces", True, "unprivileged users can run labs (patchbay_core.init_userns())", False)
+
+
 def _tun() -> Check:
     path = "/dev/net/tun"
     if not os.path.exists(path):
@@ -245,6 +256,7 @@ def run_checks() -> Report:
         threading.Thread(target=worker, name="patchbay-doctor", daemon=True).start()
         checks += fut.result(timeout=30)
     checks.append(_tun())
+    checks.append(_rootless())
     return Report(checks)
 
 

@@ -29,6 +29,15 @@ def _read_sysctl(name: str) -> str | None:
         return None
 
 
+def forbidding_sysctl() -> tuple[str, str, str] | None:
+    """(sysctl, value, fix) of a setting by which this host forbids unprivileged user
+    namespaces, if one is set."""
+    for sysctl, (bad, fix) in _SYSCTLS.items():
+        if _read_sysctl(sysctl) == bad:
+            return sysctl, bad, fix
+    return None
+
+
 def _thread_count() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("Threads:"):
@@ -74,12 +83,13 @@ def init_userns() -> None:
         return
     code = -rc
     detail = text(err)
-    for sysctl, (bad, fix) in _SYSCTLS.items():
-        if _read_sysctl(sysctl) == bad:
-            raise UsernsUnavailable(
-                f"the kernel forbids unprivileged user namespaces: {sysctl} = {bad} ({detail}). Fix: {fix}",
-                sysctl=sysctl,
-            )
+    forbidden = forbidding_sysctl()
+    if forbidden is not None:
+        sysctl, bad, fix = forbidden
+        raise UsernsUnavailable(
+            f"the kernel forbids unprivileged user namespaces: {sysctl} = {bad} ({detail}). Fix: {fix}",
+            sysctl=sysctl,
+        )
     if code == errno.ENOSPC:
         raise UsernsUnavailable(
             f"no user namespace left: user.max_user_namespaces is exhausted or 0 for this user namespace "

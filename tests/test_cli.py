@@ -26,6 +26,13 @@ def test_doctor_says_what_this_kernel_has() -> None:
     assert "needs /dev/net/tun" in out.stdout
     if lines["TUN"] != "ok":
         assert "link conditions are unavailable" in out.stdout
+    # Rootless labs: what the host's sysctls allow, said as root too.
+    from patchbay_core.userns import forbidding_sysctl
+
+    forbidden = forbidding_sysctl()
+    assert lines["user"] == ("no" if forbidden else "ok"), out.stdout
+    if forbidden:
+        assert forbidden[0] in out.stdout
 
 
 def test_doctor_names_the_backend_and_why() -> None:

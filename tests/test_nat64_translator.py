@@ -1027,10 +1027,16 @@ def test_live_udp_tcp_ping_and_icmp_errors_through_the_tun() -> None:
             time.sleep(0.1)
             answer = run_in(client, tcp_client)
             received, digest = wait_tcp()
+            # Late segments (the TCP close) may still be in flight: read both views of the
+            # counters at a moment when the translator's own did not move meanwhile.
+            for _ in range(50):
+                counters, router = translator.counters(), translator.router_counters()
+                if translator.counters() == counters:
+                    break
+                time.sleep(0.05)
             return {"burst": burst_got, "data": data, "peer": peer, "server_saw": server_saw, "ping": ping_result,
                     "refused": refused, "answer": answer, "received": received, "digest": digest,
-                    "counters": translator.counters(), "router": translator.router_counters(),
-                    "bindings": translator.bindings()}
+                    "counters": counters, "router": router, "bindings": translator.bindings()}
 
     held_before = netns_inodes_of_process()
     r = in_throwaway_home(scenario, timeout=120)

@@ -4,8 +4,8 @@ NPTv6 maps an inside prefix onto an outside one of the same length, 1:1 and stat
 keeps the mapping checksum-neutral: the one's-complement sum of the address does not change,
 so TCP/UDP/ICMPv6 checksums stay valid without being touched. When the two prefixes' sums
 differ, RFC 6296 puts the difference (the "adjustment") into one 16-bit word of the address:
-word 3 (bits 48-63) for prefixes of /48 or shorter, else the first word of the interface
-identifier that is not 0xFFFF.
+word 3 (bits 48-63) for prefixes of /48 or shorter (which must then not be 0xFFFF), else
+the first word of the interface identifier that is not 0xFFFF.
 
 A lab picks each NPTv6 router's outside prefix so that the adjustment is zero
 (`neutral_prefix`): the host part then comes out exactly as it went in, and the router's
@@ -68,6 +68,10 @@ def translate(address: IPv6Address, inside: IPv6Network, outside: IPv6Network) -
     words = _words(value)
     if inside.prefixlen <= 48:
         index = 3
+        if words[index] == 0xFFFF:
+            # -0 in one's complement: the adjusted word would come back as +0 (RFC 6296
+            # section 3.4 gives such a subnet word no mapping).
+            raise ValueError(f"{address}: a subnet word of 0xFFFF cannot carry the adjustment")
     else:
         index = next((i for i in range(4, 8) if words[i] != 0xFFFF), -1)
         if index < 0:

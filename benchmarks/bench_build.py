@@ -43,7 +43,8 @@ def build_floor() -> None:
 
 def run(variant: str, n: int) -> list[float]:
     cmd = VARIANTS[variant][1]
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    # The checkout this script is in, whatever the venv's editable install points at.
+    env = {**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}"}
     out = subprocess.run([*cmd, str(n)], cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"variant {variant} (n={n}) failed:\n{out.stderr[-2000:]}")

@@ -98,6 +98,7 @@ class Lab:
         self._pools = netplan.PoolCounters()
         self._ix = IxState(kind="ix", name="ix", id=0, router_slots=netplan.ix_router_slots())
         self._kernel: KernelWorker | None = None
+        self._rules: KernelWorker | None = None  # applies routers' rules beside the kernel thread
         self._factory: NamespaceFactory | None = None
         self._regions: dict[str, RegionState] = {}
         self._region_links = 0
@@ -237,11 +238,20 @@ class Lab:
                 try:
                     self._kernel.call(self._teardown, nodes)
                 finally:
+                    if self._rules is not None:
+                        self._rules.stop()
                     self._kernel.stop()
         finally:
             self._event("lab_closed", None)
             if self._output is not None:
                 self._output.close()
+
+    def _rules_worker(self) -> KernelWorker:
+        """Kernel thread: the thread applying routers' nft rules (made here, so it lives where
+        this thread does)."""
+        if self._rules is None:
+            self._rules = KernelWorker(f"{self.label}-nft")
+        return self._rules
 
     def _new_netns(self, node: str, sysctls: dict[str, str]) -> NetNs:
         assert self._factory is not None
@@ -730,6 +740,10 @@ class Lab:
             if isinstance(state.uplink, IxPort) and state.uplink.v6 is not None:
                 self._enable_ix_v6()
         ns = self._new_netns(state.name, sysctls)
+        # The rules go in on a second thread while this one wires the router: nft needs no link
+        # to exist (rules match interfaces by name).
+        parts = self._rule_parts(state)
+        rules = self._rules_worker().submit(router_rules.apply, ns, parts)
         try:
             # One batch for the IX (links, and the route toward our pool when the IX holds
             # one), one for the router, one for each router up the chain holding a route.
@@ -743,8 +757,7 @@ class Lab:
             for owner, cidr, via in state.pool_routes:
                 if owner is not self._ix:
                     _ns(owner).apply([netplan.pool_route(cidr, via)])
-            parts = self._rule_parts(state)
-            router_rules.apply(ns, parts)
+            rules.result()
             state.tables = {part.table: part.family for part in parts}
             if state.config.nat_v6 is NatV6Mode.NAT64:
                 self._start_nat64(state, ns)
@@ -754,6 +767,8 @@ class Lab:
                 self._shaper.set(("downlink", state.name), ns, state.lan.ifindex, netplan.LAN_IFACE,
                                  link_shaping.DOWNLINK_PRIO, None, state.downlink, state.lan.mtu)
         except BaseException:
+            with contextlib.suppress(BaseException):
+                rules.result()
             self._shaper.drop_node(ns.inode)
             self._stop_nat64(state)
             # Take back routes held elsewhere and the IX ends of our links now (they would go

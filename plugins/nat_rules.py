@@ -33,12 +33,14 @@ PROTOS = ("udp", "tcp")
 # Other ports tried, as XOR masks of the wanted port, when another mapping owns it: its seven
 # neighbours in an aligned block of eight (eight hosts behind one NAT can share a local port
 # and each keep a stable mapping). Each candidate is a rule nft compiles for every router
-# (~0.2 ms), so they are few; past them conntrack picks a random port.
+# (~0.1 ms), so they are few; past them conntrack picks a random port.
 ALTERNATE_MASKS = (1, 2, 3, 4, 5, 6, 7)
-# Mappings a router holds at most (like a home router's conntrack limit). Sets updated from
-# the packet path get a preallocated hash of this size: nft's default, 65535, costs ~6 ms of
-# kernel time per map when a router is built.
-MAP_SIZE = 8192
+# Mappings a router holds at most (like a home router's conntrack limit); past it new flows
+# get a port per flow (`nat.ports_crowded`). Sets updated from the packet path get a
+# preallocated hash of this size, and the kernel walks all its buckets once for every chain
+# that uses a map: nft's default, 65535, costs ~6 ms of kernel time per map when a router is
+# built, 8192 about 0.3 ms more than this.
+MAP_SIZE = 4096
 
 
 def nat_ruleset(config: NatConfig, ctx: RuleContext) -> str:
@@ -114,43 +116,49 @@ class _Generator:
             hairpin = self.admit("ip daddr") or "meta l4proto . th dport . ip daddr @seen_addr"
             out.append(f"    iifname {self.lan} ip daddr {self.w} meta l4proto {{ tcp, udp }} {hairpin} "
                        f'counter {dnat} comment "nat.hairpin"')
+        if len(out) == 2:
+            return []  # nothing comes in unsolicited: no hook to register
         out.append("  }")
         return out
 
     def postrouting(self) -> list[str]:
+        # UDP and TCP find or make their mapping in `allocate`; ICMP and other protocols get the
+        # WAN address, and conntrack picks their ids.
+        leaving = f"oifname {self.wan} ip saddr != {self.w}"
         out = ["  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;",
-               f"    oifname {self.wan} ip saddr != {self.w} jump allocate"]
+               f"    {leaving} meta l4proto {{ tcp, udp }} jump allocate", f"    {leaving} snat ip to {self.w}"]
         if self.c.hairpin:
-            out.append(f"    iifname {self.lan} oifname {self.lan} ct status dnat jump allocate")
+            hairpinned = f"iifname {self.lan} oifname {self.lan} ct status dnat"
+            out += [f"    {hairpinned} meta l4proto {{ tcp, udp }} jump allocate",
+                    f"    {hairpinned} snat ip to {self.w}"]
         out.append("  }")
         return out
 
     def allocate(self) -> list[str]:
-        """The first packet of a flow leaving through the NAT: find or make its mapping.
+        """The first UDP or TCP packet of a flow leaving through the NAT: find or make its mapping.
 
-        UDP and TCP share these rules (`th` is the transport header); a new mapping starts
-        with the UDP lifetime and the refresh chains give TCP mappings theirs."""
-        out = ["  chain allocate {"]
-        both = "meta l4proto { tcp, udp }"
+        A new mapping starts with the UDP lifetime (the refresh chains give TCP mappings theirs).
+        The candidate rules only record a mapping and go to `mapped`, which translates through
+        it: nft wants a protocol match in the rule of every NAT statement with a port, and
+        compiles `meta l4proto { tcp, udp }` to an anonymous set each time, so there is one."""
         if self.edm:
             # Symmetric: a random port for every flow (its owner is learnt after translation).
-            out.append(f'    {both} counter snat ip to {self.w} random comment "nat.new_mapping"')
-        else:
-            key = "meta l4proto . ip saddr . th sport" + (" . ip daddr" if self.adm else "")
-            table = "eim" if self.eim else "adm"
-            out.append(f"    {both} {key} @{table} snat ip to {self.w} : {key} map @{table}")
-            for mask in (0, *ALTERNATE_MASKS):
-                port = "th sport" if mask == 0 else f"th sport ^ {mask:#x}"
-                name = "preserved" if mask == 0 else "moved"
-                free = f"meta l4proto . {port} != @owner meta l4proto . {port} != @reserved"
-                record = (f"update @{table} {{ {key} : {port} }} "
-                          f"update @owner {{ meta l4proto . {port} : ip saddr . th sport }}")
-                snat = f'counter snat ip to {self.w} : {port} comment "nat.mapping_{name}"'
-                out.append(f"    {both} {free} {record} {snat}")
-            # Every candidate port is taken: let conntrack pick one (never fails, rarely collides).
-            out.append(f'    {both} counter snat ip to {self.w} random comment "nat.ports_crowded"')
-        out.append(f"    snat ip to {self.w}")  # ICMP and other protocols: conntrack picks ids
-        out.append("  }")
+            return ["  chain allocate {", f'    counter snat ip to {self.w} random comment "nat.new_mapping"', "  }"]
+        key = "meta l4proto . ip saddr . th sport" + (" . ip daddr" if self.adm else "")
+        table = "eim" if self.eim else "adm"
+        out = ["  chain allocate {", f"    {key} @{table} goto mapped"]
+        for mask in (0, *ALTERNATE_MASKS):
+            port = "th sport" if mask == 0 else f"th sport ^ {mask:#x}"
+            name = "preserved" if mask == 0 else "moved"
+            free = f"meta l4proto . {port} != @owner meta l4proto . {port} != @reserved"
+            record = (f"update @{table} {{ {key} : {port} }} "
+                      f"update @owner {{ meta l4proto . {port} : ip saddr . th sport }}")
+            out.append(f'    {free} {record} counter goto mapped comment "nat.mapping_{name}"')
+        # Every candidate port is taken: let conntrack pick one (never fails, rarely collides).
+        out += [f'    counter snat ip to {self.w} random comment "nat.ports_crowded"', "  }",
+                "  chain mapped {",
+                f"    meta l4proto {{ tcp, udp }} snat ip to {self.w} : {key} map @{table}",
+                "  }"]
         return out
 
     def refresh(self) -> list[str]:

@@ -740,11 +740,12 @@ class Lab:
             if isinstance(state.uplink, IxPort) and state.uplink.v6 is not None:
                 self._enable_ix_v6()
         ns = self._new_netns(state.name, sysctls)
-        # The rules go in on a second thread while this one wires the router: nft needs no link
-        # to exist (rules match interfaces by name).
-        parts = self._rule_parts(state)
-        rules = self._rules_worker().submit(router_rules.apply, ns, parts)
+        rules: Future[None] | None = None
         try:
+            # The rules go in on a second thread while this one wires the router: nft needs no
+            # link to exist (rules match interfaces by name).
+            parts = self._rule_parts(state)
+            rules = self._rules_worker().submit(router_rules.apply, ns, parts)
             # One batch for the IX (links, and the route toward our pool when the IX holds
             # one), one for the router, one for each router up the chain holding a route.
             ix_ops = [*(state.uplink.ix_ops(ns) if state.uplink else []), *state.lan.ix_ops(ns)]
@@ -767,8 +768,9 @@ class Lab:
                 self._shaper.set(("downlink", state.name), ns, state.lan.ifindex, netplan.LAN_IFACE,
                                  link_shaping.DOWNLINK_PRIO, None, state.downlink, state.lan.mtu)
         except BaseException:
-            with contextlib.suppress(BaseException):
-                rules.result()
+            if rules is not None:  # done with the namespace before it goes
+                with contextlib.suppress(BaseException):
+                    rules.result()
             self._shaper.drop_node(ns.inode)
             self._stop_nat64(state)
             # Take back routes held elsewhere and the IX ends of our links now (they would go

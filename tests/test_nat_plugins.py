@@ -15,6 +15,7 @@ from tests.natkit import WHOAMI_PORT, udp_reflexive, whoami
 pytestmark = pytest.mark.anyio
 
 BROKEN = pb.NatConfig(udp_timeout=4242)  # the marker the broken plugin reacts to
+RAISING = pb.NatConfig(udp_timeout=4243)  # ... and the one it fails on while writing rules
 
 
 def _plugin() -> types.ModuleType:
@@ -28,6 +29,8 @@ def _plugin() -> types.ModuleType:
 
     @pb.hookimpl(tryfirst=True)
     def patchbay_nat_rules(config: pb.NatConfig, ctx: pb.RuleContext) -> str | None:
+        if config == RAISING:
+            raise RuntimeError("tiny_nat_plugin cannot model this NAT")
         if config == BROKEN:
             return f"table ip {ctx.table} {{\n  chain postrouting {{ type nat hook postrouting priority srcnat; " \
                    f"oifname {ctx.wan_iface} masquerade to nowhere; }}\n}}\n"
@@ -85,3 +88,14 @@ async def test_rule_text_nft_rejects_names_the_plugin_and_leaves_nothing(lab: pb
     assert [r.name for r in lab.routers()] == ["dc"]
     good = await lab.add_router("bad").nat(pb.Nat.HOME).build()
     assert good.uplink_ip is not None
+
+
+async def test_a_plugin_failing_to_write_rules_fails_the_build_and_leaves_nothing(lab: pb.Lab,
+                                                                                  tiny_plugin: None) -> None:
+    await lab.add_router("dc").build()
+    before = lab_netns_inodes(lab)
+    with pytest.raises(RuntimeError, match="cannot model this NAT"):
+        await lab.add_router("bad").nat(RAISING).build()
+    assert lab_netns_inodes(lab) == before
+    assert [r.name for r in lab.routers()] == ["dc"]
+    assert (await lab.add_router("bad").nat(pb.Nat.HOME).build()).uplink_ip is not None

@@ -430,17 +430,20 @@ async def test_recipe_intermittent_connectivity(lab: pb.Lab) -> None:
         tg.start_soon(dev.spawn, app)
         await anyio.sleep(0.3)
         for _ in range(3):
-            down = time.monotonic()
             await dev.link_down("eth0")
+            down = time.monotonic()  # the link is down from here ...
             await anyio.sleep(0.2)
+            coming_up = time.monotonic()  # ... to here
             await dev.link_up("eth0")
             up = time.monotonic()
-            flaps.append((down, up))
+            flaps.append((down, coming_up, up))
             await anyio.sleep(0.6)
         done.set()
     await reflector.close()
-    for down, up in flaps:
-        assert not [t for t in answered if down + 0.01 < t < up - 0.01], "echoes during a flap"
+    for down, coming_up, up in flaps:
+        # An echo the kernel took in just before the link went down may still be read a little
+        # later by a loaded machine's app task: the window starts 50 ms in.
+        assert not [t for t in answered if down + 0.05 < t < coming_up], "echoes during a flap"
         assert [t for t in answered if up < t < up + 0.3], "no recovery after a flap"
 
 

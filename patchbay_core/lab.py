@@ -250,7 +250,7 @@ class Lab:
         """Kernel thread: the thread applying routers' nft rules (made here, so it lives where
         this thread does)."""
         if self._rules is None:
-            self._rules = KernelWorker(f"{self.label}-nft")
+            self._rules = KernelWorker(self.label, role="nft")
         return self._rules
 
     def _new_netns(self, node: str, sysctls: dict[str, str]) -> NetNs:

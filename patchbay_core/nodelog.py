@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import IO
 
 LOG_ENV = "PATCHBAY_LOG"
-_INTERNAL_THREADS = ("patchbay-kernel-", "patchbay-nsfactory-", "patchbay-spawner-", "patchbay-sampler-",
-                     "patchbay-exitwatch-")
+_INTERNAL_THREADS = ("patchbay-kernel-", "patchbay-nft-", "patchbay-nsfactory-", "patchbay-spawner-",
+                     "patchbay-sampler-", "patchbay-exitwatch-")
 
 
 def parse_directives(text: str) -> dict[str, int]:

@@ -396,7 +396,8 @@ def _render(path: KeyPath) -> str:
     return out
 
 
-def _kind(value: object) -> str:
+def describe_value(value: object) -> str:
+    """A TOML value as an error message names it: its kind and the value."""
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, int):
@@ -469,7 +470,7 @@ class _Parser:
 
     def table(self, value: object, path: KeyPath, what: str) -> Mapping[str, Any]:
         if not isinstance(value, Mapping):
-            self.fail(path, f"expected a table ({what}), got {_kind(value)}")
+            self.fail(path, f"expected a table ({what}), got {describe_value(value)}")
         return value
 
     def keys(self, table: Mapping[str, Any], path: KeyPath, allowed: Sequence[str], what: str) -> None:
@@ -480,12 +481,12 @@ class _Parser:
 
     def string(self, value: object, path: KeyPath, what: str) -> str:
         if not isinstance(value, str):
-            self.fail(path, f"expected a string ({what}), got {_kind(value)}")
+            self.fail(path, f"expected a string ({what}), got {describe_value(value)}")
         return value
 
     def boolean(self, value: object, path: KeyPath, what: str) -> bool:
         if not isinstance(value, bool):
-            self.fail(path, f"expected true or false ({what}), got {_kind(value)}")
+            self.fail(path, f"expected true or false ({what}), got {describe_value(value)}")
         return value
 
     def integer(self, value: object, path: KeyPath, what: str, lo: int | None = None, hi: int | None = None) -> int:
@@ -496,7 +497,7 @@ class _Parser:
         elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
             number = int(value)
         if number is None:
-            self.fail(path, f"expected an integer ({what}), got {_kind(value)}")
+            self.fail(path, f"expected an integer ({what}), got {describe_value(value)}")
         if (lo is not None and number < lo) or (hi is not None and number > hi):
             bounds = f"{lo} to {hi}" if lo is not None and hi is not None else f"at least {lo}" if lo is not None \
                 else f"at most {hi}"
@@ -511,7 +512,7 @@ class _Parser:
                 return float(value)
             except ValueError:
                 pass
-        self.fail(path, f"expected a number ({what}), got {_kind(value)}")
+        self.fail(path, f"expected a number ({what}), got {describe_value(value)}")
 
     def choice(self, cls: type[E], value: object, path: KeyPath, what: str,
                aliases: Mapping[str, E] | None = None) -> E:
@@ -536,7 +537,7 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, (int, str)) or \
                 not re.fullmatch(r"\s*\d+\s*", str(value)) or not 1 <= int(value) <= MAX_COUNT:
             self.fail(cpath, f"count must be a positive integer (the number of instances, 1 to {MAX_COUNT}), "
-                             f"got {_kind(value)}")
+                             f"got {describe_value(value)}")
         return int(value)
 
     def claim(self, group: _Group, kind: str) -> None:
@@ -562,7 +563,7 @@ class _Parser:
 
         if not isinstance(value, (str, Mapping)):
             self.fail(path, f"expected a link condition: a preset name such as \"wifi\" or a table such as "
-                            f"{{ latency_ms = 100 }}, got {_kind(value)}")
+                            f"{{ latency_ms = 100 }}, got {describe_value(value)}")
         try:
             limits_of(value, node, "")  # checks names (plugin presets) and values, no kernel
             return LinkCondition.parse(value)
@@ -619,7 +620,7 @@ class _Parser:
         routers_raw = doc.get("router", [])
         if not isinstance(routers_raw, list):
             self.fail(("router",), "expected an array of tables ([[router]] with name = ...), got "
-                                   f"{_kind(routers_raw)}")
+                                   f"{describe_value(routers_raw)}")
         devices_raw = self.table(doc.get("device", {}), ("device",), "[device.NAME.IFACE] tables")
         regions_raw = self.table(doc.get("region", {}), ("region",), "[region.NAME] tables")
 
@@ -845,7 +846,8 @@ class _Parser:
             if key in spec:
                 ports = spec[key]
                 if not isinstance(ports, list):
-                    self.fail((*path, key), f"expected an array of ports such as [80, 443], got {_kind(ports)}")
+                    self.fail((*path, key),
+                              f"expected an array of ports such as [80, 443], got {describe_value(ports)}")
                 changes[key] = tuple(self.integer(p, (*path, key, i), "a port", 1, 65535) for i, p in enumerate(ports))
         return dataclasses.replace(config, **changes)
 
@@ -855,7 +857,7 @@ class _Parser:
         items = [value] if isinstance(value, Mapping) else value
         if not isinstance(items, list):
             self.fail(path, f"expected port forward tables ([[router.port_forward]] or an array of "
-                            f"{{ proto, port, device }}), got {_kind(value)}")
+                            f"{{ proto, port, device }}), got {describe_value(value)}")
         out = []
         for i, item in enumerate(items):
             fpath = (*path, i) if not isinstance(value, Mapping) else path

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import TopologyError
 from ..link import LinkCondition
+from ..topofile import describe_value
 from .assertions import compile_regex, parse_check
 from .durations import parse_duration
 from .expand import RawStep, did_you_mean
@@ -72,7 +73,7 @@ class _Fields:
     def string(self, key: str, what: str) -> str:
         value = self.t[key]
         if not isinstance(value, str):
-            raise self.fail(key, f"expected a string ({what}), got {_kind(value)}")
+            raise self.fail(key, f"expected a string ({what}), got {describe_value(value)}")
         return value
 
     def opt_string(self, key: str, what: str) -> str | None:
@@ -81,7 +82,7 @@ class _Fields:
     def strings(self, key: str, what: str, allow_numbers: bool = False) -> list[str]:
         value = self.t[key]
         if not isinstance(value, list):
-            raise self.fail(key, f"expected an array of strings ({what}), got {_kind(value)}")
+            raise self.fail(key, f"expected an array of strings ({what}), got {describe_value(value)}")
         out = []
         for i, item in enumerate(value):
             if isinstance(item, str):
@@ -89,31 +90,17 @@ class _Fields:
             elif allow_numbers and isinstance(item, (int, float)) and not isinstance(item, bool):
                 out.append(str(item))
             else:
-                raise self.fail(key, f"expected a string ({what}), got {_kind(item)}", i)
+                raise self.fail(key, f"expected a string ({what}), got {describe_value(item)}", i)
         return out
 
     def table(self, key: str, what: str) -> Mapping[str, Any]:
         value = self.t[key]
         if not isinstance(value, Mapping):
-            raise self.fail(key, f"expected a table ({what}), got {_kind(value)}")
+            raise self.fail(key, f"expected a table ({what}), got {describe_value(value)}")
         return value
 
     def duration(self, key: str) -> float:
         return parse_duration(self.t[key], self.at(key))
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
 
 
 def step_action(raw: RawStep, name: str | None = None) -> str:
@@ -126,7 +113,7 @@ def step_action(raw: RawStep, name: str | None = None) -> str:
                                           "for a run step")
     value = t[key]
     if not isinstance(value, str):
-        raise raw.loc_of(key).at(step=name).error(f"expected an action name (a string), got {_kind(value)}")
+        raise raw.loc_of(key).at(step=name).error(f"expected an action name (a string), got {describe_value(value)}")
     action = ACTION_ALIASES.get(value, value)
     if action not in ACTIONS:
         raise raw.loc_of(key).at(step=name).error(
@@ -162,7 +149,7 @@ def parse_step(raw: RawStep, index: int) -> Step:
     if "when" in t:
         when = t["when"]
         if not isinstance(when, (str, bool)):
-            raise f.fail("when", f"expected \"true\" or \"false\" (usually ${{matrix.*}}), got {_kind(when)}")
+            raise f.fail("when", f"expected \"true\" or \"false\" (usually ${{matrix.*}}), got {describe_value(when)}")
         if when is False or (isinstance(when, str) and when.strip().lower() == "false"):
             step.skip = True
     if "device" in t:
@@ -208,7 +195,7 @@ def _process(f: _Fields, step: Step) -> None:
         env = f.table("env", "environment variables: { NAME = \"value\" }")
         for key, value in env.items():
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise f.fail("env", f"environment variable {key!r} must be a string, got {_kind(value)}", key)
+                raise f.fail("env", f"environment variable {key!r} must be a string, got {describe_value(value)}", key)
             step.env[key] = str(value)
     if "parser" in t:
         parser = f.string("parser", "an output parser")
@@ -244,7 +231,8 @@ def _capture(f: _Fields, step: Step, name: str, spec: object) -> CaptureSpec:
     if "regex" in spec:
         regex = spec["regex"]
         if not isinstance(regex, str):
-            raise f.fail("captures", f"expected a regular expression (a string), got {_kind(regex)}", name, "regex")
+            raise f.fail("captures", f"expected a regular expression (a string), got {describe_value(regex)}",
+                         name, "regex")
         capture.regex = compile_regex(regex, f.at("captures", name, "regex"))
     if "pick" in spec:
         pick = spec["pick"]
@@ -288,8 +276,8 @@ def _results(f: _Fields, step: Step) -> ResultsSpec:
             raise f.fail("results", f"unknown result field {key!r}{did_you_mean(key, list(RESULT_FIELDS))}; "
                                     f"fields: {', '.join(RESULT_FIELDS)}", key)
         if not isinstance(value, str) or not value.strip():
-            raise f.fail("results", f"expected a capture key (\"step_id.capture\" or \".capture\"), got {_kind(value)}",
-                         key)
+            raise f.fail("results", "expected a capture key (\"step_id.capture\" or \".capture\"), "
+                         f"got {describe_value(value)}", key)
         ref = value.strip()
         if ref.startswith("."):
             # Template shorthand: ".size" is this step's own capture.
@@ -333,7 +321,7 @@ def parse_condition(value: object, where: Where, node: str) -> LinkCondition | N
         return None
     if not isinstance(value, (str, Mapping)):
         raise where.error(f"expected a link condition: a preset name such as \"wifi\" or a table such as "
-                          f"{{ latency_ms = 100 }}, got {_kind(value)}")
+                          f"{{ latency_ms = 100 }}, got {describe_value(value)}")
     try:
         limits_of(dict(value) if isinstance(value, Mapping) else value, node, "")
         return LinkCondition.parse(dict(value) if isinstance(value, Mapping) else value)
@@ -373,7 +361,7 @@ def _assert(f: _Fields, step: Step) -> None:
     if "checks" in t:
         value = t["checks"]
         if not isinstance(value, list):
-            raise f.fail("checks", f"expected an array of assertion strings, got {_kind(value)}")
+            raise f.fail("checks", f"expected an array of assertion strings, got {describe_value(value)}")
         for i, text in enumerate(value):
             step.checks.append(parse_check(text, f.at("checks", i)))
     if not step.checks:

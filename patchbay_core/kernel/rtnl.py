@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from typing import Any
 
 from ..errors import NetlinkError
 from ..netops import (
@@ -79,19 +80,23 @@ def _put(batch: object, op: NetOp) -> int:
     raise TypeError(f"not a netlink op: {op!r}")
 
 
-def send_batch(rtnl_fd: int, ops: Sequence[NetOp], node: str) -> None:
+def send_batch(rtnl_fd: int, ops: Sequence[Any], node: str, *, put: Callable[[Any, Any], int] | None = None,
+               explain: Callable[[Any, int, str], Exception | None] | None = None) -> None:
     """Send `ops` in order as one batch and check every ack.
 
     Raises NetlinkError naming the first failed operation, the node and the kernel's text.
+    `put` adds an op to the batch (default: the `netops` encoder); `explain(op, errno,
+    kernel_text)` may turn a failure into a better exception.
     """
     if not ops:
         return
+    add = put or _put
     batch = lib.pb_batch_new()
     if batch == ffi.NULL:
         raise MemoryError("rtnetlink batch")
     try:
         for op in ops:
-            rc = _put(batch, op)
+            rc = add(batch, op)
             if rc < 0:
                 raise NetlinkError(op.describe(), -rc, node=node)
         failed = ffi.new("int *")
@@ -99,8 +104,12 @@ def send_batch(rtnl_fd: int, ops: Sequence[NetOp], node: str) -> None:
         rc = lib.pb_batch_send(batch, rtnl_fd, failed, ext, extlen)
         if rc:
             index = failed[0]
-            what = ops[index].describe() if 0 <= index < len(ops) else "rtnetlink batch"
-            raise NetlinkError(what, -rc, node=node, detail=text(ext))
+            op = ops[index] if 0 <= index < len(ops) else None
+            detail = text(ext)
+            better = explain(op, -rc, detail) if explain is not None else None
+            if better is not None:
+                raise better
+            raise NetlinkError(op.describe() if op is not None else "rtnetlink batch", -rc, node=node, detail=detail)
     finally:
         lib.pb_batch_free(batch)
 

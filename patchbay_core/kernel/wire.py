@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from ..errors import KernelFeatureMissing, NetlinkError
+from . import rtnl
 from .native import errbuf, ffi, home_netns_fd, lib, text
 from .rtnl import _put
 
@@ -82,35 +83,16 @@ class Wire:
 def send_tc(rtnl_fd: int, ops: Sequence[object], node: str) -> None:
     """Like `rtnl.send_batch`, for link-condition ops: `netops` and `netem.IfbLink`. A kernel
     without sch_netem or IFB gets a KernelFeatureMissing that says what to install."""
+    rtnl.send_batch(rtnl_fd, ops, node, put=_put_tc,
+                    explain=lambda op, err, detail: _missing_feature(op, err, detail, node))
+
+
+def _put_tc(batch: object, op: object) -> int:
     from ..netem import IfbLink
 
-    if not ops:
-        return
-    batch = lib.pb_batch_new()
-    if batch == ffi.NULL:
-        raise MemoryError("rtnetlink batch")
-    try:
-        for op in ops:
-            if isinstance(op, IfbLink):
-                rc = lib.pb_batch_link_kind(batch, b"ifb", op.name.encode(), op.ifindex, 1)
-            else:
-                rc = _put(batch, op)  # type: ignore[arg-type]
-            if rc < 0:
-                raise NetlinkError(op.describe(), -rc, node=node)  # type: ignore[attr-defined]
-        failed = ffi.new("int *")
-        ext, extlen = errbuf()
-        rc = lib.pb_batch_send(batch, rtnl_fd, failed, ext, extlen)
-        if rc:
-            index = failed[0]
-            op = ops[index] if 0 <= index < len(ops) else None
-            what = op.describe() if op is not None else "rtnetlink batch"  # type: ignore[attr-defined]
-            detail = text(ext)
-            missing = _missing_feature(op, -rc, detail, node)
-            if missing is not None:
-                raise missing
-            raise NetlinkError(what, -rc, node=node, detail=detail)
-    finally:
-        lib.pb_batch_free(batch)
+    if isinstance(op, IfbLink):
+        return int(lib.pb_batch_link_kind(batch, b"ifb", op.name.encode(), op.ifindex, 1))
+    return _put(batch, op)  # type: ignore[arg-type]
 
 
 def _missing_feature(op: object, err: int, detail: str, node: str) -> KernelFeatureMissing | None:

@@ -138,8 +138,10 @@ class Lab:
         """Make the IX namespace and the output directory."""
         if self._started:
             return
-        # What can be wrong with the options is checked before anything exists.
-        link_shaping.check_backend(self.opts.link_backend, self.opts.seed)
+        # What can be wrong with the options is checked before anything exists. "auto" cannot
+        # be wrong: it probes the kernel for netem only when a first link condition needs it.
+        if self.opts.link_backend != "auto":
+            link_shaping.check_backend(self.opts.link_backend, self.opts.seed)
         outdir = self.opts.resolved_outdir()
         if outdir is not None:
             try:

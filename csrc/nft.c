@@ -121,3 +121,62 @@ int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int js
 	pthread_mutex_unlock(&nft_lock);
 	return ret;
 }
+
+struct pb_nft_job {
+	pthread_t thread;
+	struct pb_nft *n;
+	int ns_fd, home_fd;
+	char *cmd;
+	int ret;
+	char *out, *errmsg;
+};
+
+static void *job_main(void *arg)
+{
+	struct pb_nft_job *job = arg;
+	if (!job->n) {
+		int err = 0;
+		job->n = pb_nft_new(job->ns_fd, job->home_fd, &err);
+		if (!job->n) {
+			job->ret = -(err ? err : ENOMEM);
+			return NULL;
+		}
+	}
+	job->ret = pb_nft_run(job->n, job->ns_fd, job->home_fd, job->cmd, 0, 0, &job->out, &job->errmsg);
+	return NULL;
+}
+
+struct pb_nft_job *pb_nft_start(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int *err)
+{
+	struct pb_nft_job *job = calloc(1, sizeof(*job));
+	*err = 0;
+	if (!job || !(job->cmd = strdup(cmd))) {
+		free(job);
+		*err = ENOMEM;
+		return NULL;
+	}
+	job->n = n;
+	job->ns_fd = ns_fd;
+	job->home_fd = home_fd;
+	/* The thread starts in the caller's namespace and steps into ns_fd like any caller. */
+	int rc = pthread_create(&job->thread, NULL, job_main, job);
+	if (rc) {
+		free(job->cmd);
+		free(job);
+		*err = rc;
+		return NULL;
+	}
+	return job;
+}
+
+int pb_nft_finish(struct pb_nft_job *job, struct pb_nft **n, char **out, char **errmsg)
+{
+	pthread_join(job->thread, NULL);
+	int ret = job->ret;
+	*n = job->n;
+	*out = job->out;
+	*errmsg = job->errmsg;
+	free(job->cmd);
+	free(job);
+	return ret;
+}

@@ -104,6 +104,13 @@ void pb_nft_free(struct pb_nft *n);
  * free them with pb_free. */
 int pb_nft_run(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int json,
                int dry_run, char **out, char **errmsg);
+/* The same, on a thread of its own (a C thread: it never waits for Python's GIL) while the
+ * caller goes on. With n NULL the thread opens the context too. pb_nft_finish waits for it
+ * and returns what pb_nft_run returned, the context (*n, the caller's to free; NULL when it
+ * could not be opened) and the texts as pb_nft_run gives them; it frees the job. */
+struct pb_nft_job;
+struct pb_nft_job *pb_nft_start(struct pb_nft *n, int ns_fd, int home_fd, const char *cmd, int *err);
+int pb_nft_finish(struct pb_nft_job *job, struct pb_nft **n, char **out, char **errmsg);
 
 /* ---- the wire: a userspace link emulator (wire.c) ---- */
 struct pb_wire_params {

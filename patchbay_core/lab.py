@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -98,7 +99,6 @@ class Lab:
         self._pools = netplan.PoolCounters()
         self._ix = IxState(kind="ix", name="ix", id=0, router_slots=netplan.ix_router_slots())
         self._kernel: KernelWorker | None = None
-        self._rules: KernelWorker | None = None  # applies routers' rules beside the kernel thread
         self._factory: NamespaceFactory | None = None
         self._regions: dict[str, RegionState] = {}
         self._region_links = 0
@@ -150,6 +150,7 @@ class Lab:
                 raise PatchbayError(f"cannot write the lab's output under {outdir.path}: {exc.strerror}") from exc
         self._started = True
         _raise_fd_limit()
+        _grow_fd_table()
         self._kernel = KernelWorker(self.label)
         try:
             with anyio.CancelScope(shield=True):
@@ -240,20 +241,11 @@ class Lab:
                 try:
                     self._kernel.call(self._teardown, nodes)
                 finally:
-                    if self._rules is not None:
-                        self._rules.stop()
                     self._kernel.stop()
         finally:
             self._event("lab_closed", None)
             if self._output is not None:
                 self._output.close()
-
-    def _rules_worker(self) -> KernelWorker:
-        """Kernel thread: the thread applying routers' nft rules (made here, so it lives where
-        this thread does)."""
-        if self._rules is None:
-            self._rules = KernelWorker(self.label, role="nft")
-        return self._rules
 
     def _new_netns(self, node: str, sysctls: dict[str, str]) -> NetNs:
         assert self._factory is not None
@@ -742,12 +734,12 @@ class Lab:
             if isinstance(state.uplink, IxPort) and state.uplink.v6 is not None:
                 self._enable_ix_v6()
         ns = self._new_netns(state.name, sysctls)
-        rules: Future[None] | None = None
+        rules: router_rules.PendingRules | None = None
         try:
-            # The rules go in on a second thread while this one wires the router: nft needs no
-            # link to exist (rules match interfaces by name).
+            # The rules go in on a thread of their own while this one wires the router: nft
+            # needs no link to exist (rules match interfaces by name).
             parts = self._rule_parts(state)
-            rules = self._rules_worker().submit(router_rules.apply, ns, parts)
+            rules = router_rules.PendingRules(ns, parts)
             # One batch for the IX (links, and the route toward our pool when the IX holds
             # one), one for the router, one for each router up the chain holding a route.
             ix_ops = [*(state.uplink.ix_ops(ns) if state.uplink else []), *state.lan.ix_ops(ns)]
@@ -760,7 +752,7 @@ class Lab:
             for owner, cidr, via in state.pool_routes:
                 if owner is not self._ix:
                     _ns(owner).apply([netplan.pool_route(cidr, via)])
-            rules.result()
+            rules.wait()
             state.tables = {part.table: part.family for part in parts}
             if state.config.nat_v6 is NatV6Mode.NAT64:
                 self._start_nat64(state, ns)
@@ -772,7 +764,7 @@ class Lab:
         except BaseException:
             if rules is not None:  # done with the namespace before it goes
                 with contextlib.suppress(BaseException):
-                    rules.result()
+                    rules.wait()
             self._shaper.drop_node(ns.inode)
             self._stop_nat64(state)
             # Take back routes held elsewhere and the IX ends of our links now (they would go
@@ -1614,6 +1606,24 @@ def _check_mtu(mtu: int | None, node: str) -> int:
 
 def _min_mtu(a: int, b: int) -> int:
     return min(x for x in (a, b) if x) if (a or b) else 0
+
+
+# fd slots a lab's process gets at once: ~250 nodes' worth (a node holds 2-4 fds).
+FD_TABLE_SLOTS = 1024
+
+
+def _grow_fd_table(slots: int = FD_TABLE_SLOTS) -> None:
+    """Grow the process's fd table to `slots` now. The kernel doubles it as fds are opened,
+    and in a process with threads each growth waits for an RCU grace period (expand_files):
+    a lab of 100 nodes would wait four times, a few ms each, on its kernel thread and its
+    namespace factory while it builds. Done before the lab's threads exist, it waits for
+    nothing; the table never shrinks."""
+    with contextlib.suppress(OSError):
+        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.close(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, slots - 1))
+        finally:
+            os.close(fd)
 
 
 def _raise_fd_limit() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO
 
 LOG_ENV = "PATCHBAY_LOG"
-_INTERNAL_THREADS = ("patchbay-kernel-", "patchbay-nft-", "patchbay-nsfactory-", "patchbay-spawner-",
+_INTERNAL_THREADS = ("patchbay-kernel-", "patchbay-nsfactory-", "patchbay-spawner-",
                      "patchbay-sampler-", "patchbay-exitwatch-")
 
 

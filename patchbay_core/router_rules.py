@@ -112,22 +112,49 @@ def _with_table(ctx: RuleContext, table: str) -> RuleContext:
 def apply(ns: NetNs, parts: Iterable[RulePart], *, replace: dict[str, str] | None = None) -> None:
     """Apply `parts` in one transaction, first deleting the tables in `replace` (name: family)."""
     parts = list(parts)
-    head = "".join(f"add table {family} {t}\ndelete table {family} {t}\n" for t, family in (replace or {}).items())
-    text = head + "".join(part.text for part in parts)
+    text = _transaction(parts, replace)
     if not text:
         return
     try:
         ns.nft(text)
     except NftError as exc:
-        for part in parts:
-            try:
-                ns.nft(part.text, check_only=True)
-            except NftError as part_exc:
-                raise NftError(
-                    f"apply the {part.table} rules written by {part.author}", part_exc.errno, node=ns.node,
-                    detail=part_exc.detail,
-                ) from exc
-        raise
+        raise _blamed(ns, parts, exc) from exc
+
+
+class PendingRules:
+    """`apply` started on a C thread of its own (`NetNs.nft_start`), so that a router's tables
+    load while the kernel thread wires it. `wait()` must be called before the namespace closes."""
+
+    def __init__(self, ns: NetNs, parts: Iterable[RulePart]) -> None:
+        self._ns = ns
+        self._parts = list(parts)
+        text = _transaction(self._parts, None)
+        self._pending = ns.nft_start(text) if text else None
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            self._ns.nft_finish(pending)
+        except NftError as exc:
+            raise _blamed(self._ns, self._parts, exc) from exc
+
+
+def _transaction(parts: list[RulePart], replace: dict[str, str] | None) -> str:
+    head = "".join(f"add table {family} {t}\ndelete table {family} {t}\n" for t, family in (replace or {}).items())
+    return head + "".join(part.text for part in parts)
+
+
+def _blamed(ns: NetNs, parts: list[RulePart], exc: NftError) -> NftError:
+    """The error naming the part (and the plugin that wrote it) nft refuses on its own."""
+    for part in parts:
+        try:
+            ns.nft(part.text, check_only=True)
+        except NftError as part_exc:
+            return NftError(f"apply the {part.table} rules written by {part.author}", part_exc.errno, node=ns.node,
+                            detail=part_exc.detail)
+    return exc
 
 
 def conntrack_sysctls(config: NatConfig | None) -> dict[str, str]:

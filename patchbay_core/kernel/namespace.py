@@ -54,6 +54,18 @@ class NetNs:
             self._nft = native.NftContext(self.fd, self.node)
         return self._nft.run(self.fd, command, json=json, check_only=check_only)
 
+    def nft_start(self, command: str) -> native.PendingNft:
+        """Start `command` as one transaction on a C thread of its own; `nft_finish` waits for
+        it (and must, before this namespace closes)."""
+        return native.PendingNft(self.fd, self.node, self._nft, command)
+
+    def nft_finish(self, pending: native.PendingNft) -> str:
+        try:
+            return pending.finish()
+        finally:
+            if pending.opened is not None:
+                self._nft = pending.opened
+
     def _ctnetlink(self) -> int:
         if self._ct_fd < 0:
             self._ct_fd = native.netlink_socket_in(self.fd, conntrack.NETLINK_NETFILTER, self.node)

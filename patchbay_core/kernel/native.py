@@ -135,8 +135,11 @@ def rtnl_dump(rtnl_fd: int, msg_type: int, family: int, node: str) -> bytes:
 class NftContext:
     """A libnftables context living in one namespace."""
 
-    def __init__(self, ns_fd: int, node: str) -> None:
+    def __init__(self, ns_fd: int, node: str, *, ctx: object = None) -> None:
         self._node = node
+        if ctx is not None:  # opened by a PendingNft's thread
+            self._ctx = ctx
+            return
         err = ffi.new("int *")
         self._ctx = lib.pb_nft_new(ns_fd, home_netns_fd(), err)
         if self._ctx == ffi.NULL:
@@ -148,19 +151,54 @@ class NftContext:
         err = ffi.new("char **")
         rc = lib.pb_nft_run(self._ctx, ns_fd, home_netns_fd(), command.encode(), int(json), int(check_only),
                             out, err)
-        output = _take(out[0])
-        # Text runs from a memfd (see csrc/nft.c); name its lines plainly.
-        message = re.sub(r"/proc/self/fd/\d+:", "line ", _take(err[0]))
-        if rc:
-            first_line = command.strip().splitlines()[0] if command.strip() else "(empty)"
-            raise NftError(f"nft transaction starting {first_line!r}", -rc, node=self._node,
-                           detail=message.strip())
-        return output
+        return _nft_result(rc, out[0], err[0], command, self._node)
 
     def close(self) -> None:
         if self._ctx is not None:
             lib.pb_nft_free(self._ctx)
             self._ctx = None
+
+
+class PendingNft:
+    """One nft transaction running on a C thread of its own (pb_nft_start), which never waits
+    for the GIL: it runs at once, whatever Python code the caller goes on with. `finish()`
+    must be called, once, before the namespace's fd closes."""
+
+    def __init__(self, ns_fd: int, node: str, context: NftContext | None, command: str) -> None:
+        self._node = node
+        self._command = command
+        self._had_context = context is not None
+        self.opened: NftContext | None = None
+        err = ffi.new("int *")
+        ctx = context._ctx if context is not None else ffi.NULL
+        self._job = lib.pb_nft_start(ctx, ns_fd, home_netns_fd(), command.encode(), err)
+        if self._job == ffi.NULL:
+            raise NftError("start an nft thread", err[0], node=node)
+
+    def finish(self) -> str:
+        """Wait for the transaction; nft's output, or NftError as `NftContext.run` raises.
+        Either way a context the thread opened is left in `opened`, the caller's to keep."""
+        job, self._job = self._job, None
+        assert job is not None, "finish() called twice"
+        ctx = ffi.new("struct pb_nft **")
+        out = ffi.new("char **")
+        err = ffi.new("char **")
+        rc = lib.pb_nft_finish(job, ctx, out, err)
+        if ctx[0] == ffi.NULL:
+            raise NftError("open a libnftables context in the namespace", -rc, node=self._node)
+        if not self._had_context:
+            self.opened = NftContext(-1, self._node, ctx=ctx[0])
+        return _nft_result(rc, out[0], err[0], self._command, self._node)
+
+
+def _nft_result(rc: int, out: object, err: object, command: str, node: str) -> str:
+    output = _take(out)
+    # Text runs from a memfd (see csrc/nft.c); name its lines plainly.
+    message = re.sub(r"/proc/self/fd/\d+:", "line ", _take(err))
+    if rc:
+        first_line = command.strip().splitlines()[0] if command.strip() else "(empty)"
+        raise NftError(f"nft transaction starting {first_line!r}", -rc, node=node, detail=message.strip())
+    return output
 
 
 def _take(ptr: object) -> str:

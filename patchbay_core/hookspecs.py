@@ -52,6 +52,18 @@ def patchbay_nat_rules(config: NatConfig, ctx: RuleContext) -> str | None:
 
 
 @hookspec(firstresult=True)
+def patchbay_nat_shared_rules(config: NatConfig, ctx: RuleContext) -> str | None:
+    """nft text adding to the router's NAT table what it needs once `ctx.shared_lan` turns
+    true (a second host on the LAN, or a port forward: two hosts may now want one external
+    port), e.g. rules that pick another port. Only the plugin whose `patchbay_nat_rules`
+    wrote the table is asked. The text runs as one transaction against the existing table
+    (use ``table ip <ctx.table> { chain ... { ... } }`` to add rules to a chain); it is never
+    asked again for that table: when the table is rewritten later, `patchbay_nat_rules` sees
+    `ctx.shared_lan` true and includes it. Return None when nothing is missing.
+    """
+
+
+@hookspec(firstresult=True)
 def patchbay_nat6_rules(mode: NatV6Mode, ctx: RuleContext) -> str | None:
     """nft ruleset text for IPv6 prefix translation (NatV6Mode.NPTV6: `ctx.lan_cidr6` <->
     `ctx.npt_prefix6`, host part kept) or masquerade (NatV6Mode.MASQUERADE, behind

@@ -733,6 +733,9 @@ class Lab:
             sysctls |= netplan.ipv6_sysctls(forwarding=True, dad=self._dad, accept_ra=False)
             if isinstance(state.uplink, IxPort) and state.uplink.v6 is not None:
                 self._enable_ix_v6()
+        if state.parent is not None and isinstance(state.uplink, LanPlug):
+            self._lan_host_added(state.parent)
+        state.nat_shared = state.nat_shared or bool(state.forwards)
         ns = self._new_netns(state.name, sysctls)
         rules: router_rules.PendingRules | None = None
         try:
@@ -754,6 +757,7 @@ class Lab:
                     _ns(owner).apply([netplan.pool_route(cidr, via)])
             rules.wait()
             state.tables = {part.table: part.family for part in parts}
+            state.nat_author = next((p.author for p in parts if p.table == router_rules.NAT_TABLE), "")
             if state.config.nat_v6 is NatV6Mode.NAT64:
                 self._start_nat64(state, ns)
             if self._dad and state.has_v6:
@@ -819,6 +823,7 @@ class Lab:
             port_forwards=tuple(PortForward(f.proto, f.port, f.device_ip, f.device_port)  # type: ignore[arg-type]
                                 for f in forwards),
             reserved_ports=tuple(state.forwards),
+            shared_lan=state.nat_shared,
         )
 
     def _rule_parts(self, state: RouterState) -> list[router_rules.RulePart]:
@@ -887,6 +892,27 @@ class Lab:
         if router_rules.NAT_TABLE in tables:
             _ns(state).write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
         state.tables = {t: f for t, f in state.tables.items() if t not in tables} | {p.table: p.family for p in parts}
+        if router_rules.NAT_TABLE in tables:
+            state.nat_author = next((p.author for p in parts if p.table == router_rules.NAT_TABLE), "")
+
+    def _lan_host_added(self, router: RouterState, count: int = 1) -> None:
+        """Kernel thread: `count` more addresses are about to appear on `router`'s LAN."""
+        router.lan_hosts += count
+        if router.lan_hosts >= 2:
+            self._share_lan(router)
+
+    def _share_lan(self, router: RouterState) -> None:
+        """Kernel thread: two hosts may now want one external port of `router` (a second address
+        on its LAN, or a port forward). Its NAT gets what its plugin adds for that, once; a NAT
+        table written later includes it (RuleContext.shared_lan)."""
+        if router.nat_shared:
+            return
+        cfg = router.config
+        if cfg is not None and cfg.nat is not None and router_rules.NAT_TABLE in router.tables:
+            part = router_rules.nat_shared_part(cfg.nat, self._rule_context(router), router.nat_author)
+            if part is not None:
+                router_rules.apply(_ns(router), [part])
+        router.nat_shared = True
 
     def _reroute(self, routers: list[RouterState], new_routes: dict[str, list[Any]]) -> None:
         """Kernel thread: make pool routes match each router's (new) NAT situation."""
@@ -922,6 +948,7 @@ class Lab:
         state.forwards[(fwd.proto, fwd.port)] = fwd
 
         def install() -> None:
+            self._share_lan(state)  # the forwarded device's own outbound may want that port
             self._install_forward(state, fwd)
             self._reserve_port(state, fwd, reserve=True)
 
@@ -1293,6 +1320,9 @@ class Lab:
 
     def _make_device(self, state: DeviceState) -> None:
         """Kernel thread: the device's namespace and one macvlan per interface on its router's LAN."""
+        for iface in state.ifaces.values():
+            if iface.attachment.ip is not None:
+                self._lan_host_added(iface.router)
         sysctls = netplan.base_sysctls(self._ping_range)
         has_v6 = any(i.attachment.v6 for i in state.ifaces.values())
         if has_v6:

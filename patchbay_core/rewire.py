@@ -209,6 +209,7 @@ class Rewiring:
         new_plug = replace(old_plug, ip=new_ip)
 
         def apply() -> None:
+            lab._lan_host_added(router)
             # The new address first: the interface never goes without one (the old one was the
             # primary; promote_secondaries lets the new one take its place).
             ops: list[NetOp] = [Addr(iface.ifindex, name, new_ip, old_plug.subnet.prefixlen),
@@ -247,6 +248,8 @@ class Rewiring:
                 raise TopologyError(f"{name} already has {address}", node=device.name, field=field)
 
         def apply() -> None:
+            if address.version == 4:
+                lab._lan_host_added(iface.router)
             ns_of(device).apply([Addr(iface.ifindex, name, address.ip, address.network.prefixlen)])
             iface.extra_ips.append(address)
 
@@ -365,6 +368,8 @@ class Rewiring:
         down, default route or not, secondary addresses, link conditions)."""
         lab = self._lab
         ns = ns_of(device)
+        if plug.ip is not None:
+            lab._lan_host_added(router, 1 + sum(x.version == 4 for x in iface.extra_ips))
         if plug.v6 is not None:
             # A device that had no IPv6 yet (its routers were IPv4-only) gets it from this link on.
             ns.write_sysctls(lab._device_v6_sysctls())

@@ -48,9 +48,12 @@ class RulePart:
         return "ip"
 
 
-def _first_answer(hook: Any, **kwargs: Any) -> tuple[str | None, str]:
-    """Call a firstresult hook's implementations in pluggy's order; return (text, plugin)."""
+def _first_answer(hook: Any, *, only: str | None = None, **kwargs: Any) -> tuple[str | None, str]:
+    """Call a firstresult hook's implementations in pluggy's order (or only plugin `only`'s);
+    return (text, plugin)."""
     for impl in reversed(hook.get_hookimpls()):
+        if only is not None and impl.plugin_name != only:
+            continue
         text = impl.function(**{name: kwargs[name] for name in impl.argnames})
         if text is not None:
             return text, impl.plugin_name
@@ -63,6 +66,13 @@ def nat_part(config: NatConfig, ctx: RuleContext) -> RulePart:
     if text is None:
         raise TopologyError(f"no plugin generates NAT rules for {config}", node=ctx.router, field="nat")
     return RulePart(NAT_TABLE, text, author)
+
+
+def nat_shared_part(config: NatConfig, ctx: RuleContext, author: str) -> RulePart | None:
+    """What the NAT table written by plugin `author` adds once its LAN is shared (None: nothing)."""
+    text, _ = _first_answer(plugin_manager().hook.patchbay_nat_shared_rules, only=author, config=config,
+                            ctx=replace(ctx, table=NAT_TABLE, shared_lan=True))
+    return RulePart(NAT_TABLE, text, author) if text else None
 
 
 def nat6_part(mode: NatV6Mode, ctx: RuleContext) -> RulePart:

@@ -27,6 +27,10 @@ class RuleContext:
     (proto, WAN port) the router forwards, now or once its device arrives; a NAT must not hand
     them out as mappings. A NAT table that declares `set reserved { type inet_proto .
     inet_service; }` has it kept equal to the forwarded ports by the core at runtime.
+
+    `shared_lan`: two hosts may want one external port: the LAN has handed out a second
+    address (ever), or the router forwards ports. Until then a NAT may leave out what only
+    such collisions need; `patchbay_nat_shared_rules` adds it when this turns true.
     """
 
     router: str
@@ -40,3 +44,4 @@ class RuleContext:
     port_forwards: tuple[PortForward, ...] = field(default=())
     reserved_ports: tuple[tuple[str, int], ...] = field(default=())
     npt_prefix6: IPv6Network | None = None  # NPTv6: the outside prefix lan_cidr6 maps onto
+    shared_lan: bool = False

@@ -85,6 +85,11 @@ class RouterState(NodeState):
     children: list[NodeState] = field(default_factory=list)
     forwards: dict[tuple[str, int], ForwardState] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)  # nft tables applied in its namespace: family
+    nat_author: str = ""  # the plugin that wrote its NAT table
+    # Addresses its LAN has handed out (counted as they are wired), and whether two hosts may
+    # want one external port now (a second address, or port forwards): RuleContext.shared_lan.
+    lan_hosts: int = 0
+    nat_shared: bool = False
     downlink: LinkLimits | None = None  # what it sends to its devices
     auto_pool: bool = True  # its pool came from the plan (not downstream_cidr)
     next_prio: int = 1  # for per-device download filters on its LAN

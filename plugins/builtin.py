@@ -15,7 +15,7 @@ from patchbay_core.rules import RuleContext
 
 from .firewall_rules import firewall_ruleset
 from .nat6_rules import nat6_ruleset
-from .nat_rules import nat_ruleset
+from .nat_rules import nat_ruleset, nat_shared_ruleset
 
 EIM = NatMapping.ENDPOINT_INDEPENDENT
 EDM = NatMapping.ADDRESS_AND_PORT_DEPENDENT
@@ -93,6 +93,11 @@ def patchbay_link_presets() -> dict[str, LinkLimits]:
 @hookimpl
 def patchbay_nat_rules(config: NatConfig, ctx: RuleContext) -> str | None:
     return nat_ruleset(config, ctx)
+
+
+@hookimpl
+def patchbay_nat_shared_rules(config: NatConfig, ctx: RuleContext) -> str | None:
+    return nat_shared_ruleset(config, ctx)
 
 
 @hookimpl

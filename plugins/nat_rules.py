@@ -32,8 +32,9 @@ from patchbay_core.rules import RuleContext
 PROTOS = ("udp", "tcp")
 # Other ports tried, as XOR masks of the wanted port, when another mapping owns it: its seven
 # neighbours in an aligned block of eight (eight hosts behind one NAT can share a local port
-# and each keep a stable mapping). Each candidate is a rule nft compiles for every router
-# (~0.1 ms), so they are few; past them conntrack picks a random port.
+# and each keep a stable mapping). Each candidate is a rule nft compiles (~0.1 ms), so they
+# are few, and loaded only once a second host is on the LAN; past them conntrack picks a
+# random port.
 ALTERNATE_MASKS = (1, 2, 3, 4, 5, 6, 7)
 # Mappings a router holds at most (like a home router's conntrack limit); past it new flows
 # get a port per flow (`nat.ports_crowded`). Sets updated from the packet path get a hash
@@ -49,6 +50,13 @@ def nat_ruleset(config: NatConfig, ctx: RuleContext) -> str:
         # An isolated router has no outside to translate to.
         return f"table ip {ctx.table} {{\n}}\n"
     return _Generator(config, ctx).text()
+
+
+def nat_shared_ruleset(config: NatConfig, ctx: RuleContext) -> str | None:
+    """What the table `nat_ruleset` wrote adds once ctx.shared_lan turns true."""
+    if ctx.wan_ip is None:
+        return None
+    return _Generator(config, ctx).shared_text()
 
 
 class _Generator:
@@ -141,26 +149,52 @@ class _Generator:
         A new mapping starts with the UDP lifetime (the refresh chains give TCP mappings theirs).
         The candidate rules only record a mapping and go to `mapped`, which translates through
         it: nft wants a protocol match in the rule of every NAT statement with a port, and
-        compiles `meta l4proto { tcp, udp }` to an anonymous set each time, so there is one."""
+        compiles `meta l4proto { tcp, udp }` to an anonymous set each time, so there is one.
+        Other ports than the host's own are tried in `collisions`, which stays empty while one
+        host is alone behind an endpoint-independent NAT (see `shared_text`)."""
         if self.edm:
             # Symmetric: a random port for every flow (its owner is learnt after translation).
             return ["  chain allocate {", f'    counter snat ip to {self.w} random comment "nat.new_mapping"', "  }"]
-        key = "meta l4proto . ip saddr . th sport" + (" . ip daddr" if self.adm else "")
-        table = "eim" if self.eim else "adm"
-        out = ["  chain allocate {", f"    {key} @{table} goto mapped"]
-        for mask in (0, *ALTERNATE_MASKS):
-            port = "th sport" if mask == 0 else f"th sport ^ {mask:#x}"
-            name = "preserved" if mask == 0 else "moved"
-            free = f"meta l4proto . {port} != @owner meta l4proto . {port} != @reserved"
-            record = (f"update @{table} {{ {key} : {port} }} "
-                      f"update @owner {{ meta l4proto . {port} : ip saddr . th sport }}")
-            out.append(f'    {free} {record} counter goto mapped comment "nat.mapping_{name}"')
-        # Every candidate port is taken: let conntrack pick one (never fails, rarely collides).
-        out += [f'    counter snat ip to {self.w} random comment "nat.ports_crowded"', "  }",
+        # Address-dependent mapping moves ports even for one host: a second remote address
+        # needs a second mapping of the same local port.
+        collide_now = self.ctx.shared_lan or self.adm
+        return ["  chain allocate {", f"    {self.key} @{self.map_name} goto mapped", self.candidate(0),
+                "    jump collisions",
+                # Every candidate port is taken: let conntrack pick one (never fails, rarely collides).
+                f'    counter snat ip to {self.w} random comment "nat.ports_crowded"', "  }",
+                "  chain collisions {", *(self.collisions() if collide_now else []), "  }",
                 "  chain mapped {",
-                f"    meta l4proto {{ tcp, udp }} snat ip to {self.w} : {key} map @{table}",
+                f"    meta l4proto {{ tcp, udp }} snat ip to {self.w} : {self.key} map @{self.map_name}",
                 "  }"]
-        return out
+
+    @property
+    def key(self) -> str:
+        return "meta l4proto . ip saddr . th sport" + (" . ip daddr" if self.adm else "")
+
+    @property
+    def map_name(self) -> str:
+        return "eim" if self.eim else "adm"
+
+    def candidate(self, mask: int) -> str:
+        """The rule that maps the flow to its own port XOR `mask`, if no mapping owns it."""
+        port = "th sport" if mask == 0 else f"th sport ^ {mask:#x}"
+        name = "preserved" if mask == 0 else "moved"
+        free = f"meta l4proto . {port} != @owner meta l4proto . {port} != @reserved"
+        record = (f"update @{self.map_name} {{ {self.key} : {port} }} "
+                  f"update @owner {{ meta l4proto . {port} : ip saddr . th sport }}")
+        return f'    {free} {record} counter goto mapped comment "nat.mapping_{name}"'
+
+    def collisions(self) -> list[str]:
+        return [self.candidate(mask) for mask in ALTERNATE_MASKS]
+
+    def shared_text(self) -> str | None:
+        """Once two hosts may want one port (ctx.shared_lan): the other candidate ports. They
+        are most of what loading a NAT costs (~0.1 ms each), and one host alone behind an
+        endpoint-independent mapping never needs them: its own port is free, or its mapping."""
+        if not self.eim:
+            return None  # symmetric mapping has no candidates; address-dependent has them already
+        lines = [f"table ip {self.ctx.table} {{", "  chain collisions {", *self.collisions(), "  }", "}"]
+        return "\n".join(lines) + "\n"
 
     def refresh(self) -> list[str]:
         """Outbound packets keep mappings alive and record whom they talked to."""

@@ -63,7 +63,10 @@ async def test_two_devices_with_one_local_port_get_their_own_stable_ports(lab: p
     s2 = await lab.add_device("s2").iface("eth0", dc).build()
     home = await lab.add_router("home").nat(pb.Nat.FULL_CONE).build()
     a = await lab.add_device("a").iface("eth0", home).build()
+    # One host alone cannot collide with itself: the NAT has no rules for other ports yet...
+    assert "nat.mapping_moved" not in await home.counters()
     b = await lab.add_device("b").iface("eth0", home).build()
+    assert "nat.mapping_moved" in await home.counters()  # ... and gets them with the second
     targets = [(str(s1.ip), WHOAMI_PORT), (str(s2.ip), WHOAMI_PORT)]
     async with whoami(s1, s2):
         seen_a = await udp_reflexive(a, 40000, targets)
@@ -75,6 +78,32 @@ async def test_two_devices_with_one_local_port_get_their_own_stable_ports(lab: p
     mappings = await home.nat_mappings()
     externals = {(m.internal, m.external) for m in mappings if m.proto == "udp"}
     assert externals == {((a.ip, 40000), (home.uplink_ip, 40000)), ((b.ip, 40000), (home.uplink_ip, seen_b[0][1]))}
+
+
+async def test_a_lone_host_that_may_collide_with_itself_gets_the_collision_rules(lab: pb.Lab) -> None:
+    """One device, but two of its addresses (a renewed lease) or a forwarded port can want one
+    external port: the NAT loads the rules that move a mapping to another port."""
+    dc = await lab.add_router("dc").build()
+    s1 = await lab.add_device("s1").iface("eth0", dc).build()
+    home = await lab.add_router("home").nat(pb.Nat.HOME).build()
+    dev = await lab.add_device("dev").iface("eth0", home).build()
+    targets = [(str(s1.ip), WHOAMI_PORT)]
+    async with whoami(s1):
+        before = await udp_reflexive(dev, 40000, targets)
+        assert "nat.mapping_moved" not in await home.counters()
+        old_ip = dev.ip
+        new_ip = await dev.renew_ip("eth0")
+        assert "nat.mapping_moved" in await home.counters()
+        # The old address still owns port 40000: the new one moves next door, and stays there.
+        after = await udp_reflexive(dev, 40000, targets)
+        again = await udp_reflexive(dev, 40000, targets)
+    assert before == [(str(home.uplink_ip), 40000)] and new_ip != old_ip
+    assert after == again and after[0][1] != 40000 and abs(after[0][1] - 40000) < 8, after
+    assert (await home.counters())["nat.mapping_moved"] == 1
+
+    forwarding = await lab.add_router("fwd").nat(pb.Nat.HOME).port_forward("udp", 5000, "web").build()
+    await lab.add_device("web").iface("eth0", forwarding).build()
+    assert "nat.mapping_moved" in await forwarding.counters()
 
 
 async def test_address_dependent_mapping(lab: pb.Lab) -> None:

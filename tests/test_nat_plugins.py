@@ -16,6 +16,8 @@ pytestmark = pytest.mark.anyio
 
 BROKEN = pb.NatConfig(udp_timeout=4242)  # the marker the broken plugin reacts to
 RAISING = pb.NatConfig(udp_timeout=4243)  # ... and the one it fails on while writing rules
+MASQUERADE = pb.NatConfig(udp_timeout=4244)  # its own table, nothing more for a shared LAN
+SHARED_BROKEN = pb.NatConfig(udp_timeout=4245)  # its own table, and shared-LAN text nft refuses
 
 
 def _plugin() -> types.ModuleType:
@@ -34,10 +36,21 @@ def _plugin() -> types.ModuleType:
         if config == BROKEN:
             return f"table ip {ctx.table} {{\n  chain postrouting {{ type nat hook postrouting priority srcnat; " \
                    f"oifname {ctx.wan_iface} masquerade to nowhere; }}\n}}\n"
+        if config in (MASQUERADE, SHARED_BROKEN):
+            return f"table ip {ctx.table} {{\n  chain postrouting {{ type nat hook postrouting priority srcnat; " \
+                   f'oifname "{ctx.wan_iface}" masquerade; }}\n}}\n'
         return None  # everything else: let the built-in plugin write the rules
+
+    @pb.hookimpl(tryfirst=True)
+    def patchbay_nat_shared_rules(config: pb.NatConfig, ctx: pb.RuleContext) -> str | None:
+        assert ctx.shared_lan
+        if config == SHARED_BROKEN:
+            return f"table ip {ctx.table} {{\n  chain postrouting {{ oifname {ctx.wan_iface} snat to nowhere; }}\n}}\n"
+        return None
 
     module.patchbay_nat_presets = patchbay_nat_presets  # type: ignore[attr-defined]
     module.patchbay_nat_rules = patchbay_nat_rules  # type: ignore[attr-defined]
+    module.patchbay_nat_shared_rules = patchbay_nat_shared_rules  # type: ignore[attr-defined]
     return module
 
 
@@ -88,6 +101,28 @@ async def test_rule_text_nft_rejects_names_the_plugin_and_leaves_nothing(lab: pb
     assert [r.name for r in lab.routers()] == ["dc"]
     good = await lab.add_router("bad").nat(pb.Nat.HOME).build()
     assert good.uplink_ip is not None
+
+
+async def test_a_plugins_own_nat_on_a_shared_lan(lab: pb.Lab, tiny_plugin: None) -> None:
+    """A second host asks the plugin that wrote the NAT table (not the built-in one) for what
+    a shared LAN needs; text nft refuses fails that host's build, names the plugin, leaves
+    nothing, and the LAN goes on working."""
+    dc = await lab.add_router("dc").build()
+    server = await lab.add_device("server").iface("eth0", dc).build()
+    plain = await lab.add_router("plain").nat(MASQUERADE).build()
+    await lab.add_device("p1").iface("eth0", plain).build()
+    p2 = await lab.add_device("p2").iface("eth0", plain).build()  # nothing to add: fine
+    broken = await lab.add_router("broken").nat(SHARED_BROKEN).build()
+    b1 = await lab.add_device("b1").iface("eth0", broken).build()
+    before = lab_netns_inodes(lab)
+    with pytest.raises(pb.NftError) as err:
+        await lab.add_device("b2").iface("eth0", broken).build()
+    assert "pb_nat rules written by tiny_nat_plugin" in str(err.value) and "snat to nowhere" in str(err.value)
+    assert lab_netns_inodes(lab) == before and "b2" not in [d.name for d in lab.devices()]
+    async with whoami(server):
+        for dev, router in ((p2, plain), (b1, broken)):
+            assert await udp_reflexive(dev, 41000, [(str(server.ip), WHOAMI_PORT)]) == [
+                (str(router.uplink_ip), 41000)]
 
 
 async def test_a_plugin_failing_to_write_rules_fails_the_build_and_leaves_nothing(lab: pb.Lab,

@@ -18,7 +18,8 @@ def test_every_hook_of_the_contract_is_specified() -> None:
     names = {name for name in dir(hookspecs) if name.startswith("patchbay_")}
     assert names == {
         "patchbay_nat_presets", "patchbay_firewall_presets", "patchbay_router_presets",
-        "patchbay_link_presets", "patchbay_nat_rules", "patchbay_nat6_rules", "patchbay_firewall_rules",
+        "patchbay_link_presets", "patchbay_nat_rules", "patchbay_nat_shared_rules", "patchbay_nat6_rules",
+        "patchbay_firewall_rules",
     }
     assert plugin_manager().hook.patchbay_nat_rules.spec.opts["firstresult"] is True
 

@@ -8,7 +8,8 @@ threads; (d) a minimal C program over libmnl doing the same netlink work (the fl
 devices); and with every router a HOME NAT: (a-nat) patchbay_core, (b-nat) `ip` plus one
 `nft -f` per router with the same ruleset. Teardown is timed until the kernel has removed
 the namespaces. Each variant runs in its own process, variants interleaved, median of
---repeat runs. Prints a table and the ratios the project aims for.
+--repeat runs, each started on an idle machine (see `settle`). Prints a table and the ratios
+the project aims for.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +43,28 @@ def build_floor() -> None:
     subprocess.run(["gcc", "-O2", "-Wall", "-o", str(HERE / "floor"), str(HERE / "floor.c"), "-lmnl"], check=True)
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def settle(window: float = 0.05, idle: float = 0.9, timeout: float = 5.0) -> None:
+    """Wait until the machine is idle: the kernel destroys a finished run's namespaces on its
+    own time (cleanup_net), which would otherwise slow whichever variant runs next."""
+    deadline = time.monotonic() + timeout
+    before = _cpu_times()
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        after = _cpu_times()
+        spent = after[1] - before[1]
+        if spent > 0 and (after[0] - before[0]) / spent >= idle:
+            return
+        before = after
+
+
 def run(variant: str, n: int) -> list[float]:
+    settle()
     cmd = VARIANTS[variant][1]
     # The checkout this script is in, whatever the venv's editable install points at.
     env = {**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}"}

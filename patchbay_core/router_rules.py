@@ -128,7 +128,10 @@ def apply(ns: NetNs, parts: Iterable[RulePart], *, replace: dict[str, str] | Non
     try:
         ns.nft(text)
     except NftError as exc:
-        raise _blamed(ns, parts, exc) from exc
+        blamed = _blamed(ns, parts)
+        if blamed is None:
+            raise
+        raise blamed from exc
 
 
 class PendingRules:
@@ -148,7 +151,10 @@ class PendingRules:
         try:
             self._ns.nft_finish(pending)
         except NftError as exc:
-            raise _blamed(self._ns, self._parts, exc) from exc
+            blamed = _blamed(self._ns, self._parts)
+            if blamed is None:
+                raise
+            raise blamed from exc
 
 
 def _transaction(parts: list[RulePart], replace: dict[str, str] | None) -> str:
@@ -156,15 +162,15 @@ def _transaction(parts: list[RulePart], replace: dict[str, str] | None) -> str:
     return head + "".join(part.text for part in parts)
 
 
-def _blamed(ns: NetNs, parts: list[RulePart], exc: NftError) -> NftError:
-    """The error naming the part (and the plugin that wrote it) nft refuses on its own."""
+def _blamed(ns: NetNs, parts: list[RulePart]) -> NftError | None:
+    """The error naming the part (and the plugin that wrote it) nft refuses on its own, if one is."""
     for part in parts:
         try:
             ns.nft(part.text, check_only=True)
         except NftError as part_exc:
             return NftError(f"apply the {part.table} rules written by {part.author}", part_exc.errno, node=ns.node,
                             detail=part_exc.detail)
-    return exc
+    return None
 
 
 def conntrack_sysctls(config: NatConfig | None) -> dict[str, str]:

@@ -135,15 +135,19 @@ def rtnl_dump(rtnl_fd: int, msg_type: int, family: int, node: str) -> bytes:
 class NftContext:
     """A libnftables context living in one namespace."""
 
-    def __init__(self, ns_fd: int, node: str, *, ctx: object = None) -> None:
+    def __init__(self, ns_fd: int, node: str) -> None:
         self._node = node
-        if ctx is not None:  # opened by a PendingNft's thread
-            self._ctx = ctx
-            return
         err = ffi.new("int *")
         self._ctx = lib.pb_nft_new(ns_fd, home_netns_fd(), err)
         if self._ctx == ffi.NULL:
             raise NftError("open a libnftables context in the namespace", err[0], node=node)
+
+    @classmethod
+    def adopt(cls, ctx: object, node: str) -> NftContext:
+        """The context a PendingNft's thread opened."""
+        context = cls.__new__(cls)
+        context._node, context._ctx = node, ctx
+        return context
 
     def run(self, ns_fd: int, command: str, *, json: bool = False, check_only: bool = False) -> str:
         """Run `command` as one transaction; check_only parses and validates without applying."""
@@ -187,7 +191,7 @@ class PendingNft:
         if ctx[0] == ffi.NULL:
             raise NftError("open a libnftables context in the namespace", -rc, node=self._node)
         if not self._had_context:
-            self.opened = NftContext(-1, self._node, ctx=ctx[0])
+            self.opened = NftContext.adopt(ctx[0], self._node)
         return _nft_result(rc, out[0], err[0], self._command, self._node)
 
 

@@ -165,10 +165,13 @@ class PoolCounters:
     def next_cidr(self, kind: str, taken: Collection[IPv4Network | IPv6Network] = ()) -> IPv4Network | IPv6Network:
         """The next pool of `kind` that overlaps none of `taken` (IndexError when used up)."""
         n = self.counts.get(kind, 0)
+        # As integer spans: a lab of N routers checks N pools for each new one.
+        spans = [(t.version, int(t.network_address), int(t.broadcast_address)) for t in taken]
         while True:
             n += 1
             cidr = self._KINDS[kind](n)
-            if not any(cidr.version == t.version and cidr.overlaps(t) for t in taken):  # type: ignore[arg-type]
+            first, last = int(cidr.network_address), int(cidr.broadcast_address)
+            if not any(v == cidr.version and lo <= last and first <= hi for v, lo, hi in spans):
                 self.counts[kind] = n
                 return cidr
 

@@ -189,7 +189,7 @@ class _Generator:
 
     def shared_text(self) -> str | None:
         """Once two hosts may want one port (ctx.shared_lan): the other candidate ports. They
-        are most of what loading a NAT costs (~0.1 ms each), and one host alone behind an
+        are nearly half of what loading a NAT costs (~0.1 ms each), and one host alone behind an
         endpoint-independent mapping never needs them: its own port is free, or its mapping."""
         if not self.eim:
             return None  # symmetric mapping has no candidates; address-dependent has them already

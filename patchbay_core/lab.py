@@ -757,7 +757,7 @@ class Lab:
                     _ns(owner).apply([netplan.pool_route(cidr, via)])
             rules.wait()
             state.tables = {part.table: part.family for part in parts}
-            state.nat_author = next((p.author for p in parts if p.table == router_rules.NAT_TABLE), "")
+            state.nat_author = router_rules.nat_author(parts)
             if state.config.nat_v6 is NatV6Mode.NAT64:
                 self._start_nat64(state, ns)
             if self._dad and state.has_v6:
@@ -891,9 +891,8 @@ class Lab:
         router_rules.apply(_ns(state), parts, replace={t: f for t, f in state.tables.items() if t in tables})
         if router_rules.NAT_TABLE in tables:
             _ns(state).write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
+            state.nat_author = router_rules.nat_author(parts)
         state.tables = {t: f for t, f in state.tables.items() if t not in tables} | {p.table: p.family for p in parts}
-        if router_rules.NAT_TABLE in tables:
-            state.nat_author = next((p.author for p in parts if p.table == router_rules.NAT_TABLE), "")
 
     def _lan_host_added(self, router: RouterState, count: int = 1) -> None:
         """Kernel thread: `count` more addresses are about to appear on `router`'s LAN."""

@@ -75,6 +75,11 @@ def nat_shared_part(config: NatConfig, ctx: RuleContext, author: str) -> RulePar
     return RulePart(NAT_TABLE, text, author) if text else None
 
 
+def nat_author(parts: Iterable[RulePart]) -> str:
+    """The plugin that wrote the NAT table among `parts` ("" when there is none)."""
+    return next((part.author for part in parts if part.table == NAT_TABLE), "")
+
+
 def nat6_part(mode: NatV6Mode, ctx: RuleContext) -> RulePart:
     text, author = _first_answer(plugin_manager().hook.patchbay_nat6_rules, mode=mode, ctx=_with_table(ctx, NAT6_TABLE))
     if text is None:

@@ -25,11 +25,11 @@ _STOP = object()
 
 
 class KernelWorker:
-    def __init__(self, label: str, role: str = "kernel") -> None:
+    def __init__(self, label: str) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
-        self._thread = threading.Thread(target=self._main, name=f"patchbay-{role}-{label}", daemon=True)
+        self._thread = threading.Thread(target=self._main, name=f"patchbay-kernel-{label}", daemon=True)
         self._thread.start()
 
     def _main(self) -> None:

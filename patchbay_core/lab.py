@@ -734,7 +734,8 @@ class Lab:
             if isinstance(state.uplink, IxPort) and state.uplink.v6 is not None:
                 self._enable_ix_v6()
         if state.parent is not None and isinstance(state.uplink, LanPlug):
-            self._lan_host_added(state.parent)
+            # Its uplink address, and its NAT64 translator's next to it.
+            self._lan_host_added(state.parent, 1 + (state.nat64_ip is not None))
         state.nat_shared = state.nat_shared or bool(state.forwards)
         ns = self._new_netns(state.name, sysctls)
         rules: router_rules.PendingRules | None = None
@@ -757,7 +758,7 @@ class Lab:
                     _ns(owner).apply([netplan.pool_route(cidr, via)])
             rules.wait()
             state.tables = {part.table: part.family for part in parts}
-            state.nat_author = router_rules.nat_author(parts)
+            state.nat_author, state.nat_written = router_rules.nat_author(parts), state.config.nat
             if state.config.nat_v6 is NatV6Mode.NAT64:
                 self._start_nat64(state, ns)
             if self._dad and state.has_v6:
@@ -811,7 +812,8 @@ class Lab:
         return links
 
     def _rule_context(self, state: RouterState) -> RuleContext:
-        forwards = tuple(f for f in state.forwards.values() if f.device_ip is not None)
+        # list() copies at once: the event loop may add a forward while this reads them.
+        forwards = tuple(f for f in list(state.forwards.values()) if f.device_ip is not None)
         uplink_v6 = state.uplink.v6 if state.uplink else None
         return RuleContext(
             router=state.name, table="", wan_iface=state.uplink_name or "", lan_iface=netplan.LAN_IFACE,
@@ -854,8 +856,14 @@ class Lab:
             state.config = replace(old, nat=nat)
             affected = [r for r in self._routers.values() if r is state or _is_below(r, state)]
             new_routes = {r.name: self._plan_pool_routes(r) for r in affected}
+        def apply() -> None:
+            if nat is None and state.parent is not None:
+                # Its hosts now reach the NAT above it as they are.
+                self._lan_host_added(state.parent, state.lan_hosts)
+            self._reapply(state, {router_rules.NAT_TABLE, router_rules.PORTFWD_TABLE})
+
         try:
-            await self._check_open().run(self._reapply, state, {router_rules.NAT_TABLE, router_rules.PORTFWD_TABLE})
+            await self._check_open().run(apply)
         except BaseException:
             state.config = old
             raise
@@ -891,14 +899,19 @@ class Lab:
         router_rules.apply(_ns(state), parts, replace={t: f for t, f in state.tables.items() if t in tables})
         if router_rules.NAT_TABLE in tables:
             _ns(state).write_sysctls(router_rules.conntrack_sysctls(state.config.nat))
-            state.nat_author = router_rules.nat_author(parts)
+            state.nat_author, state.nat_written = router_rules.nat_author(parts), state.config.nat
         state.tables = {t: f for t, f in state.tables.items() if t not in tables} | {p.table: p.family for p in parts}
 
     def _lan_host_added(self, router: RouterState, count: int = 1) -> None:
-        """Kernel thread: `count` more addresses are about to appear on `router`'s LAN."""
-        router.lan_hosts += count
-        if router.lan_hosts >= 2:
-            self._share_lan(router)
+        """Kernel thread: `count` more addresses are about to appear on `router`'s LAN. A
+        router that does not translate passes them on: they reach the NAT above it as they are."""
+        while router is not None:
+            router.lan_hosts += count
+            if router.lan_hosts >= 2:
+                self._share_lan(router)
+            if router.config is None or router.config.nat is not None:
+                return
+            router = router.parent  # type: ignore[assignment]
 
     def _share_lan(self, router: RouterState) -> None:
         """Kernel thread: two hosts may now want one external port of `router` (a second address
@@ -906,9 +919,9 @@ class Lab:
         table written later includes it (RuleContext.shared_lan)."""
         if router.nat_shared:
             return
-        cfg = router.config
-        if cfg is not None and cfg.nat is not None and router_rules.NAT_TABLE in router.tables:
-            part = router_rules.nat_shared_part(cfg.nat, self._rule_context(router), router.nat_author)
+        if router.nat_written is not None and router_rules.NAT_TABLE in router.tables:
+            # The config that wrote the table: a set_nat_mode may have planned the next one.
+            part = router_rules.nat_shared_part(router.nat_written, self._rule_context(router), router.nat_author)
             if part is not None:
                 router_rules.apply(_ns(router), [part])
         router.nat_shared = True

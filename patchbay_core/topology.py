@@ -85,7 +85,8 @@ class RouterState(NodeState):
     children: list[NodeState] = field(default_factory=list)
     forwards: dict[tuple[str, int], ForwardState] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)  # nft tables applied in its namespace: family
-    nat_author: str = ""  # the plugin that wrote its NAT table
+    nat_author: str = ""  # the plugin that wrote its NAT table, and the config it implements
+    nat_written: NatConfig | None = None
     # Addresses its LAN has handed out (counted as they are wired), and whether two hosts may
     # want one external port now (a second address, or port forwards): RuleContext.shared_lan.
     lan_hosts: int = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
+import anyio
 import pytest
 
 import patchbay_core as pb
@@ -104,6 +105,49 @@ async def test_a_lone_host_that_may_collide_with_itself_gets_the_collision_rules
     forwarding = await lab.add_router("fwd").nat(pb.Nat.HOME).port_forward("udp", 5000, "web").build()
     await lab.add_device("web").iface("eth0", forwarding).build()
     assert "nat.mapping_moved" in await forwarding.counters()
+
+
+async def test_hosts_behind_a_router_that_does_not_translate_count_on_the_nat_above(lab: pb.Lab) -> None:
+    """Routed (untranslated) hosts are sources of the NAT above; so are a NAT64 translator's
+    address and, after set_nat_mode(NONE), a child's hosts."""
+    dc = await lab.add_router("dc").build()
+    s1 = await lab.add_device("s1").iface("eth0", dc).build()
+    home = await lab.add_router("home").nat(pb.Nat.HOME).build()
+    inner = await lab.add_router("inner").upstream(home).build()  # routes, no NAT
+    a = await lab.add_device("a").iface("eth0", inner).build()
+    b = await lab.add_device("b").iface("eth0", inner).build()
+    targets = [(str(s1.ip), WHOAMI_PORT)]
+    async with whoami(s1):
+        assert await udp_reflexive(a, 40000, targets) == [(str(home.uplink_ip), 40000)]
+        seen_b = await udp_reflexive(b, 40000, targets)
+        assert await udp_reflexive(b, 40000, targets) == seen_b and seen_b[0][1] != 40000
+    assert (await home.counters())["nat.mapping_moved"] == 1
+
+    home2 = await lab.add_router("home2").nat(pb.Nat.HOME).build()
+    child = await lab.add_router("child").nat(pb.Nat.HOME).upstream(home2).build()
+    await lab.add_device("c1").iface("eth0", child).build()
+    await lab.add_device("c2").iface("eth0", child).build()
+    assert "nat.mapping_moved" not in await home2.counters()  # one source so far: child's WAN
+    await child.set_nat_mode(pb.Nat.NONE)
+    assert "nat.mapping_moved" in await home2.counters()
+
+    home3 = await lab.add_router("home3").nat(pb.Nat.HOME).build()
+    await (lab.add_router("phone-isp").upstream(home3).nat(pb.Nat.HOME).ip_support(pb.IpSupport.DUAL_STACK)
+           .nat_v6(pb.NatV6Mode.NAT64).build())
+    assert "nat.mapping_moved" in await home3.counters()  # its WAN address and its translator's
+
+
+async def test_a_second_host_racing_set_nat_mode_builds(lab: pb.Lab) -> None:
+    """set_nat_mode plans the new config before its kernel job runs; a host built in between
+    extends the table the old config wrote (here a symmetric NAT's, which has no `eim`)."""
+    await lab.add_router("dc").build()
+    home = await lab.add_router("home").nat(pb.Nat.CORPORATE).build()
+    await lab.add_device("a").iface("eth0", home).build()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: lab.add_router("busy").nat(pb.Nat.HOME).build())  # keeps the kernel thread busy
+        tg.start_soon(lambda: lab.add_device("b").iface("eth0", home).build())
+        tg.start_soon(home.set_nat_mode, pb.Nat.HOME)
+    assert "nat.mapping_moved" in await home.counters()
 
 
 async def test_address_dependent_mapping(lab: pb.Lab) -> None:

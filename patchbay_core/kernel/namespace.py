@@ -64,7 +64,10 @@ class NetNs:
             return pending.finish()
         finally:
             if pending.opened is not None:
-                self._nft = pending.opened
+                if self._nft is None:
+                    self._nft = pending.opened
+                else:  # one was opened here meanwhile
+                    pending.opened.close()
 
     def _ctnetlink(self) -> int:
         if self._ct_fd < 0:

@@ -13,8 +13,9 @@ alone so the error can name the plugin whose text was wrong.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any
@@ -130,13 +131,8 @@ def apply(ns: NetNs, parts: Iterable[RulePart], *, replace: dict[str, str] | Non
     text = _transaction(parts, replace)
     if not text:
         return
-    try:
+    with _blaming(ns, parts):
         ns.nft(text)
-    except NftError as exc:
-        blamed = _blamed(ns, parts)
-        if blamed is None:
-            raise
-        raise blamed from exc
 
 
 class PendingRules:
@@ -153,13 +149,8 @@ class PendingRules:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        try:
+        with _blaming(self._ns, self._parts):
             self._ns.nft_finish(pending)
-        except NftError as exc:
-            blamed = _blamed(self._ns, self._parts)
-            if blamed is None:
-                raise
-            raise blamed from exc
 
 
 def _transaction(parts: list[RulePart], replace: dict[str, str] | None) -> str:
@@ -167,15 +158,20 @@ def _transaction(parts: list[RulePart], replace: dict[str, str] | None) -> str:
     return head + "".join(part.text for part in parts)
 
 
-def _blamed(ns: NetNs, parts: list[RulePart]) -> NftError | None:
-    """The error naming the part (and the plugin that wrote it) nft refuses on its own, if one is."""
-    for part in parts:
-        try:
-            ns.nft(part.text, check_only=True)
-        except NftError as part_exc:
-            return NftError(f"apply the {part.table} rules written by {part.author}", part_exc.errno, node=ns.node,
-                            detail=part_exc.detail)
-    return None
+@contextlib.contextmanager
+def _blaming(ns: NetNs, parts: list[RulePart]) -> Iterator[None]:
+    """When nft refuses the transaction, raise the error of the part it refuses on its own,
+    naming the plugin that wrote it (nft's own error when no part alone is refused)."""
+    try:
+        yield
+    except NftError as exc:
+        for part in parts:
+            try:
+                ns.nft(part.text, check_only=True)
+            except NftError as part_exc:
+                raise NftError(f"apply the {part.table} rules written by {part.author}", part_exc.errno,
+                               node=ns.node, detail=part_exc.detail) from exc
+        raise
 
 
 def conntrack_sysctls(config: NatConfig | None) -> dict[str, str]:

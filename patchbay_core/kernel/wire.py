@@ -124,9 +124,7 @@ TCA_BPF_ACT, TCA_BPF_OPS = 1, 5
 _SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
 _BPF_LD_W_ABS, _BPF_JEQ_K = 0x20, 0x15
 TCA_ACT_KIND, TCA_ACT_OPTIONS, TCA_MIRRED_PARMS = 1, 2, 2
-_NLMSG = struct.Struct("=IHHII")
 _TCMSG = struct.Struct("=BxxxiIII")
-_NLA = struct.Struct("=HH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,26 +164,12 @@ def _tc_dump(rtnl_fd: int, msg_type: int, ifindex: int, parent: int, node: str) 
 
 
 def _messages(buf: bytes, mtype: int) -> Iterator[memoryview]:
-    view, off = memoryview(buf), 0
-    while off + _NLMSG.size <= len(view):
-        length, kind = _NLMSG.unpack_from(view, off)[:2]
-        if length < _NLMSG.size:
-            break
-        if kind == mtype:
-            yield view[off + _NLMSG.size : off + length]
-        off += (length + 3) & ~3
+    """The payloads of the dump's messages of type `mtype`."""
+    return (body for kind, body in rtnl._messages(buf) if kind == mtype)
 
 
 def _attrs(view: memoryview) -> dict[int, memoryview]:
-    out: dict[int, memoryview] = {}
-    off = 0
-    while off + _NLA.size <= len(view):
-        length, atype = _NLA.unpack_from(view, off)
-        if length < _NLA.size:
-            break
-        out[atype & 0x3FFF] = view[off + _NLA.size : off + length]
-        off += (length + 3) & ~3
-    return out
+    return rtnl._attrs(view, 0)
 
 
 def _cstr(raw: memoryview | bytes) -> str:
